@@ -1,0 +1,327 @@
+"""The index stage: a FAISS index over embeddings, addressed by string ids.
+
+:class:`EmbeddingIndex` wraps a FAISS index with the things a catalogue needs: string ids,
+add / remove / search, a metric that knows which direction is closer, and an atomic save
+with a manifest that is checked on load.
+
+``factory="auto"`` picks the index type when vectors are first added:
+
+* fewer than 200,000 vectors: ``"Flat"`` (exact search);
+* more: ``"IVF{n},Flat"`` with ``n`` = the power of two nearest 4·sqrt(N) inverted lists,
+  trained on the first batch, searched with ``nprobe = max(16, n / 16)``.
+
+Any FAISS factory string (``"HNSW32"``, ``"IVF4096,PQ32"``...) can be given instead.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from mmmatch._io import atomic_dir
+from mmmatch._validation import check_embeddings, l2_normalize
+from mmmatch.exceptions import ConfigMismatchError
+from mmmatch.similarity import Metric
+
+__all__ = ["EmbeddingIndex", "auto_factory"]
+
+FORMAT_VERSION = 1
+FLAT_LIMIT = 200_000
+
+
+def auto_factory(n: int) -> tuple[str, int | None]:
+    """The factory string and ``nprobe`` that ``factory="auto"`` uses for ``n`` vectors."""
+    if n < FLAT_LIMIT:
+        return "Flat", None
+    nlist = 2 ** round(math.log2(4 * math.sqrt(n)))
+    return f"IVF{nlist},Flat", max(16, nlist // 16)
+
+
+def _versions() -> dict[str, str]:
+    import faiss
+
+    from mmmatch import __version__
+
+    return {"mmmatch": __version__, "faiss": faiss.__version__, "numpy": np.__version__}
+
+
+class EmbeddingIndex:
+    """A FAISS index with string ids.
+
+    Args:
+        dim: vector width.
+        metric: ``"cosine"`` (vectors are L2-normalised on the way in), ``"ip"`` or ``"l2"``.
+        factory: ``"auto"`` (see the module docstring) or a FAISS factory string.
+        nprobe: inverted lists visited per query for IVF indexes (``None``: the auto rule).
+        metadata: JSON-serialisable facts saved with the index and checked on load
+            (for example the encoder ids that made the vectors).
+
+    Example:
+        >>> index = EmbeddingIndex(dim=4)
+        >>> index.add(np.eye(4, dtype=np.float32), ["a", "b", "c", "d"])
+        >>> scores, ids = index.search(np.array([[1, 0.1, 0, 0]], np.float32), k=2)
+        >>> ids.tolist()
+        [['a', 'b']]
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        metric: str | Metric = "cosine",
+        factory: str = "auto",
+        nprobe: int | None = None,
+        metadata: dict[str, Any] | None = None,
+    ) -> None:
+        if int(dim) <= 0:
+            raise ValueError(f"dim must be positive, got {dim}")
+        self.dim = int(dim)
+        self.metric = Metric.parse(metric)
+        self.factory = factory
+        self.nprobe = nprobe
+        self.metadata = dict(metadata or {})
+        self._index: Any = None
+        self._resolved_factory: str | None = None
+        self._next = 0
+        self._int_of: dict[str, int] = {}
+        self._str_of: dict[int, str] = {}
+
+    # -- building ---------------------------------------------------------------------------
+    def _faiss_metric(self) -> int:
+        import faiss
+
+        return faiss.METRIC_L2 if self.metric is Metric.L2 else faiss.METRIC_INNER_PRODUCT
+
+    def _create(self, train: np.ndarray) -> None:
+        import faiss
+
+        factory, nprobe = (
+            auto_factory(len(train)) if self.factory == "auto" else (self.factory, self.nprobe)
+        )
+        self.nprobe = self.nprobe if self.nprobe is not None else nprobe
+        if factory == "Flat":
+            index = faiss.index_factory(self.dim, "IDMap2,Flat", self._faiss_metric())
+        else:
+            index = faiss.index_factory(self.dim, factory, self._faiss_metric())
+            if not index.is_trained:
+                index.train(train)
+            try:
+                index.add_with_ids(np.empty((0, self.dim), np.float32), np.empty(0, np.int64))
+            except RuntimeError:
+                index = faiss.IndexIDMap2(index)
+        self._index = index
+        self._resolved_factory = factory
+        self._apply_nprobe()
+
+    def _apply_nprobe(self) -> None:
+        import faiss
+
+        if self.nprobe is not None and self._index is not None:
+            with contextlib.suppress(RuntimeError):  # not an IVF index
+                faiss.ParameterSpace().set_index_parameter(self._index, "nprobe", self.nprobe)
+
+    def _prepare(self, vectors: Any, name: str) -> np.ndarray:
+        arr = check_embeddings(vectors, self.dim, name)
+        return l2_normalize(arr) if self.metric is Metric.COSINE else arr
+
+    def add(self, vectors: Any, ids: Sequence[Any]) -> None:
+        """Add vectors under string ids.
+
+        Args:
+            vectors: (n, dim) array-like; converted to float32 (and normalised for cosine).
+            ids: n unique ids, none already in the index (converted with ``str``).
+
+        Raises:
+            ValueError: wrong shape, non-finite values, or duplicate / existing ids.
+        """
+        arr = self._prepare(vectors, "vectors")
+        ids = [str(i) for i in ids]
+        if len(ids) != len(arr):
+            raise ValueError(f"got {len(arr)} vectors but {len(ids)} ids")
+        if len(set(ids)) != len(ids):
+            dup = pd.Series(ids)[pd.Series(ids).duplicated()].unique()[:5].tolist()
+            raise ValueError(f"ids must be unique; repeated: {dup}")
+        existing = [i for i in ids if i in self._int_of]
+        if existing:
+            raise ValueError(
+                f"{len(existing)} id(s) already in the index, e.g. {existing[:5]}; remove first"
+            )
+        if len(arr) == 0:
+            return
+        if self._index is None:
+            self._create(arr)
+        ints = np.arange(self._next, self._next + len(ids), dtype=np.int64)
+        self._index.add_with_ids(arr, ints)
+        self._next += len(ids)
+        for s, i in zip(ids, ints.tolist(), strict=True):
+            self._int_of[s] = i
+            self._str_of[i] = s
+
+    def remove(self, ids: Sequence[Any]) -> int:
+        """Remove ids; unknown ids are ignored.
+
+        Returns:
+            How many vectors were removed.
+        """
+        import faiss
+
+        ints = [self._int_of.pop(str(i)) for i in ids if str(i) in self._int_of]
+        for i in ints:
+            del self._str_of[i]
+        if not ints or self._index is None:
+            return 0
+        return int(self._index.remove_ids(faiss.IDSelectorBatch(np.asarray(ints, np.int64))))
+
+    # -- querying ---------------------------------------------------------------------------
+    def __len__(self) -> int:
+        return len(self._int_of)
+
+    def __contains__(self, item: object) -> bool:
+        return str(item) in self._int_of
+
+    @property
+    def ids(self) -> list[str]:
+        """The ids in insertion order."""
+        return [self._str_of[i] for i in sorted(self._str_of)]
+
+    def reconstruct(self, ids: Sequence[Any]) -> np.ndarray:
+        """The stored vectors of some ids, (n, dim) float32 (normalised for cosine)."""
+        if self._index is None:
+            return np.empty((0, self.dim), np.float32)
+        missing = [i for i in ids if str(i) not in self._int_of]
+        if missing:
+            raise KeyError(f"ids not in the index: {missing[:5]}")
+        return np.stack([self._index.reconstruct(self._int_of[str(i)]) for i in ids])
+
+    def search(self, queries: Any, k: int = 10) -> tuple[np.ndarray, np.ndarray]:
+        """The ``k`` nearest stored vectors of each query.
+
+        Args:
+            queries: (n, dim) array-like.
+            k: neighbours per query; fewer stored vectors pad the result.
+
+        Returns:
+            ``(scores, ids)``: (n, k) float32, best first (cosine / ip: higher; l2: squared
+            distance, lower), and (n, k) object array of ids. Padding has id ``None`` and
+            score ``-inf`` (``+inf`` for l2).
+        """
+        if k < 1:
+            raise ValueError(f"k must be >= 1, got {k}")
+        q = self._prepare(queries, "queries")
+        n = len(q)
+        if self._index is None or len(self) == 0 or n == 0:
+            return (
+                np.full((n, k), self.metric.worst, np.float32),
+                np.full((n, k), None, dtype=object),
+            )
+        scores, labels = self._index.search(q, k)
+        ids = np.full(labels.shape, None, dtype=object)
+        valid = labels >= 0
+        lookup = self._str_of
+        ids[valid] = [lookup[int(i)] for i in labels[valid]]
+        scores = np.where(valid, scores, self.metric.worst).astype(np.float32)
+        return np.ascontiguousarray(scores), ids
+
+    # -- persistence ------------------------------------------------------------------------
+    def manifest(self) -> dict[str, Any]:
+        """What is saved next to the vectors and checked on load."""
+        return {
+            "format_version": FORMAT_VERSION,
+            "kind": "mmmatch.EmbeddingIndex",
+            "dim": self.dim,
+            "metric": self.metric.value,
+            "factory": self.factory,
+            "resolved_factory": self._resolved_factory,
+            "nprobe": self.nprobe,
+            "count": len(self),
+            "metadata": self.metadata,
+            "versions": _versions(),
+        }
+
+    def save_into(self, folder: Path) -> None:
+        """Write the index files into an existing folder (used inside atomic writes)."""
+        import faiss
+
+        (folder / "manifest.json").write_text(json.dumps(self.manifest(), indent=2))
+        if self._index is not None:
+            faiss.write_index(self._index, str(folder / "index.faiss"))
+        ints = np.array(sorted(self._str_of), dtype=np.int64)
+        table = pd.DataFrame({"int_id": ints, "id": [self._str_of[i] for i in ints]})
+        table.to_parquet(folder / "ids.parquet", index=False)
+
+    def save(self, path: str | Path) -> Path:
+        """Save atomically to a folder (``manifest.json``, ``index.faiss``, ``ids.parquet``)."""
+        with atomic_dir(path) as tmp:
+            self.save_into(tmp)
+        return Path(path)
+
+    @classmethod
+    def load(
+        cls,
+        path: str | Path,
+        dim: int | None = None,
+        metric: str | Metric | None = None,
+        metadata: dict[str, Any] | None = None,
+    ) -> EmbeddingIndex:
+        """Load a saved index and check it against what the caller expects.
+
+        Args:
+            path: folder written by :meth:`save`.
+            dim: expected vector width.
+            metric: expected metric.
+            metadata: expected metadata entries (for example encoder ids); each given key
+                must match the saved value.
+
+        Raises:
+            FileNotFoundError: no index at ``path``.
+            ConfigMismatchError: the saved index differs from what is expected, or was
+                written by a newer format; the message gives both values.
+        """
+        import faiss
+
+        path = Path(path)
+        manifest_path = path / "manifest.json"
+        if not manifest_path.exists():
+            raise FileNotFoundError(f"no mmmatch index at {path} (missing manifest.json)")
+        m = json.loads(manifest_path.read_text())
+        if m.get("format_version", 0) > FORMAT_VERSION:
+            raise ConfigMismatchError(
+                f"{path}: index format {m.get('format_version')} is newer than this mmmatch "
+                f"reads ({FORMAT_VERSION}); upgrade mmmatch"
+            )
+        expected = {"dim": dim, "metric": Metric.parse(metric).value if metric else None}
+        for key, want in expected.items():
+            if want is not None and m[key] != want:
+                raise ConfigMismatchError(f"{path}: index has {key}={m[key]!r}, expected {want!r}")
+        for key, want in (metadata or {}).items():
+            have = m.get("metadata", {}).get(key)
+            if have != want:
+                raise ConfigMismatchError(
+                    f"{path}: index was built with {key}={have!r}, but {want!r} is in use"
+                )
+        index = cls(m["dim"], m["metric"], m["factory"], m.get("nprobe"), m.get("metadata"))
+        if (path / "index.faiss").exists():
+            index._index = faiss.read_index(str(path / "index.faiss"))
+            index._resolved_factory = m.get("resolved_factory")
+            if index._index.d != index.dim:
+                raise ConfigMismatchError(
+                    f"{path}: index.faiss has dim {index._index.d}, manifest says {index.dim}"
+                )
+            index._apply_nprobe()
+        table = pd.read_parquet(path / "ids.parquet")
+        ints = table["int_id"].to_numpy(np.int64)
+        index._str_of = dict(zip(ints.tolist(), table["id"].astype(str).tolist(), strict=True))
+        index._int_of = {s: i for i, s in index._str_of.items()}
+        index._next = int(ints.max()) + 1 if len(ints) else 0
+        if index._index is not None and index._index.ntotal != len(index._str_of):
+            raise ConfigMismatchError(
+                f"{path}: index.faiss holds {index._index.ntotal} vectors but ids.parquet "
+                f"{len(index._str_of)}"
+            )
+        return index

@@ -1,0 +1,130 @@
+"""Lexical similarity: TF-IDF over character n-grams.
+
+Sentence embeddings blur model numbers (``nnsd797s`` vs ``nnsd767s`` score 0.89); character
+n-grams keep them apart. :class:`LexicalModel` is fitted on the texts of the catalogues being
+compared, then gives sparse L2-normalised vectors, top-k search and pair similarities.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import scipy.sparse as sp
+
+from mmmatch._validation import check_is_fitted
+
+__all__ = ["LexicalModel", "normalize_text"]
+
+_SEPARATORS = re.compile(r"(?<=[a-z0-9])[-/](?=[a-z0-9])")
+_SPACES = re.compile(r"\s+")
+
+
+def normalize_text(text: str) -> str:
+    """Lower-case, join codes split by ``-`` or ``/`` (``PS-LX350H`` -> ``pslx350h``)."""
+    text = _SEPARATORS.sub("", str(text).lower())
+    return _SPACES.sub(" ", text).strip()
+
+
+class LexicalModel:
+    """TF-IDF character n-gram similarity (scikit-learn's ``TfidfVectorizer``).
+
+    Args:
+        ngram_range: character n-gram lengths.
+        analyzer: ``"char_wb"`` (n-grams inside word boundaries) or ``"char"``.
+        sublinear_tf: use ``1 + log(tf)``.
+        min_df: ignore n-grams in fewer documents.
+        max_features: keep at most this many n-grams (``None``: all).
+
+    Attributes:
+        vectorizer_: the fitted ``TfidfVectorizer``.
+
+    Example:
+        >>> lex = LexicalModel().fit(["sony nnsd797s", "sony nnsd767s", "oat milk"])
+        >>> X = lex.transform(["sony nnsd797s"])
+        >>> bool(lex.search(X, lex.transform(["oat milk", "sony nnsd797s"]), k=1)[1][0, 0] == 1)
+        True
+    """
+
+    def __init__(
+        self,
+        ngram_range: tuple[int, int] = (3, 5),
+        analyzer: str = "char_wb",
+        sublinear_tf: bool = True,
+        min_df: int = 1,
+        max_features: int | None = None,
+    ) -> None:
+        self.ngram_range = ngram_range
+        self.analyzer = analyzer
+        self.sublinear_tf = sublinear_tf
+        self.min_df = min_df
+        self.max_features = max_features
+
+    def get_params(self) -> dict[str, Any]:
+        """Constructor arguments (saved with artifacts; refitting is deterministic)."""
+        return {
+            "ngram_range": list(self.ngram_range), "analyzer": self.analyzer,
+            "sublinear_tf": self.sublinear_tf, "min_df": self.min_df,
+            "max_features": self.max_features,
+        }
+
+    def fit(self, texts: Sequence[str]) -> LexicalModel:
+        """Learn the vocabulary and IDF weights from ``texts``; returns ``self``."""
+        from sklearn.feature_extraction.text import TfidfVectorizer
+
+        self.vectorizer_ = TfidfVectorizer(
+            analyzer=self.analyzer, ngram_range=tuple(self.ngram_range),
+            sublinear_tf=self.sublinear_tf, min_df=self.min_df,
+            max_features=self.max_features, preprocessor=normalize_text, dtype=np.float32,
+        )
+        self.vectorizer_.fit([str(t) for t in texts])
+        return self
+
+    def transform(self, texts: Sequence[str]) -> sp.csr_matrix:
+        """(n, vocabulary) float32 CSR, rows L2-normalised (empty text: a zero row)."""
+        check_is_fitted(self, "vectorizer_")
+        return self.vectorizer_.transform([str(t) for t in texts]).tocsr()
+
+    @staticmethod
+    def search(
+        queries: sp.csr_matrix, items: sp.csr_matrix, k: int, chunk_size: int = 512
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Top-``k`` items by cosine for each query row.
+
+        Args:
+            queries: (m, V) from :meth:`transform`.
+            items: (n, V) from :meth:`transform`.
+            k: neighbours per query.
+            chunk_size: queries multiplied at once (memory: chunk_size x n floats).
+
+        Returns:
+            ``(scores, positions)``: (m, k) float32 best first and (m, k) int64 item
+            positions (``-1`` where fewer than k items exist).
+        """
+        m, n = queries.shape[0], items.shape[0]
+        kk = min(k, n)
+        scores = np.full((m, k), -np.inf, dtype=np.float32)
+        positions = np.full((m, k), -1, dtype=np.int64)
+        if kk == 0:
+            return scores, positions
+        items_t = items.T.tocsc()
+        for start in range(0, m, chunk_size):
+            block = (queries[start : start + chunk_size] @ items_t).toarray()
+            top = np.argpartition(-block, kk - 1, axis=1)[:, :kk]
+            top_scores = np.take_along_axis(block, top, axis=1)
+            order = np.argsort(-top_scores, axis=1, kind="stable")
+            positions[start : start + len(block), :kk] = np.take_along_axis(top, order, axis=1)
+            scores[start : start + len(block), :kk] = np.take_along_axis(top_scores, order, axis=1)
+        return scores, positions
+
+    @staticmethod
+    def pair_similarity(
+        left: sp.csr_matrix, right: sp.csr_matrix, li: np.ndarray, ri: np.ndarray
+    ) -> np.ndarray:
+        """Cosine of row ``li[j]`` of ``left`` with row ``ri[j]`` of ``right``: (p,) float32."""
+        if len(li) == 0:
+            return np.empty(0, dtype=np.float32)
+        prod = left[np.asarray(li)].multiply(right[np.asarray(ri)])
+        return np.asarray(prod.sum(axis=1), dtype=np.float32).ravel()
