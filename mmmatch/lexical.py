@@ -16,15 +16,21 @@ import scipy.sparse as sp
 
 from mmmatch._validation import check_is_fitted
 
-__all__ = ["LexicalModel", "normalize_text"]
+__all__ = ["LexicalModel", "fit_lexical_signals", "normalize_text"]
 
-_SEPARATORS = re.compile(r"(?<=[a-z0-9])[-/](?=[a-z0-9])")
+_SEPARATORS = re.compile(r"(?<=[a-z0-9])[-/.](?=[a-z0-9])")
+_PUNCTUATION = re.compile(r"[^a-z0-9 ]+")
 _SPACES = re.compile(r"\s+")
 
 
 def normalize_text(text: str) -> str:
-    """Lower-case, join codes split by ``-`` or ``/`` (``PS-LX350H`` -> ``pslx350h``)."""
+    """Lower-case, join codes split by ``-``, ``/`` or ``.``, drop other punctuation.
+
+    ``"Sony PS-LX350H (black)"`` -> ``"sony pslx350h black"``: model numbers written with and
+    without separators then share their n-grams.
+    """
     text = _SEPARATORS.sub("", str(text).lower())
+    text = _PUNCTUATION.sub(" ", text)
     return _SPACES.sub(" ", text).strip()
 
 
@@ -32,17 +38,19 @@ class LexicalModel:
     """TF-IDF character n-gram similarity (scikit-learn's ``TfidfVectorizer``).
 
     Args:
-        ngram_range: character n-gram lengths.
-        analyzer: ``"char_wb"`` (n-grams inside word boundaries) or ``"char"``.
+        analyzer: ``"char_wb"`` (character n-grams inside word boundaries), ``"char"`` or
+            ``"word"``.
+        ngram_range: n-gram lengths (characters, or words for ``analyzer="word"``).
         sublinear_tf: use ``1 + log(tf)``.
-        min_df: ignore n-grams in fewer documents.
+        min_df: ignore n-grams in fewer documents. The default 2 drops n-grams that occur
+            once: they cannot be shared by a pair, and only dilute the vector norms.
         max_features: keep at most this many n-grams (``None``: all).
 
     Attributes:
         vectorizer_: the fitted ``TfidfVectorizer``.
 
     Example:
-        >>> lex = LexicalModel().fit(["sony nnsd797s", "sony nnsd767s", "oat milk"])
+        >>> lex = LexicalModel(min_df=1).fit(["sony nnsd797s", "sony nnsd767s", "oat milk"])
         >>> X = lex.transform(["sony nnsd797s"])
         >>> bool(lex.search(X, lex.transform(["oat milk", "sony nnsd797s"]), k=1)[1][0, 0] == 1)
         True
@@ -50,10 +58,10 @@ class LexicalModel:
 
     def __init__(
         self,
-        ngram_range: tuple[int, int] = (3, 5),
         analyzer: str = "char_wb",
+        ngram_range: tuple[int, int] = (3, 5),
         sublinear_tf: bool = True,
-        min_df: int = 1,
+        min_df: int = 2,
         max_features: int | None = None,
     ) -> None:
         self.ngram_range = ngram_range
@@ -74,12 +82,23 @@ class LexicalModel:
         """Learn the vocabulary and IDF weights from ``texts``; returns ``self``."""
         from sklearn.feature_extraction.text import TfidfVectorizer
 
+        texts = [str(t) for t in texts]
+        extra = {"token_pattern": r"(?u)\b\w+\b"} if self.analyzer == "word" else {}
         self.vectorizer_ = TfidfVectorizer(
             analyzer=self.analyzer, ngram_range=tuple(self.ngram_range),
-            sublinear_tf=self.sublinear_tf, min_df=self.min_df,
+            sublinear_tf=self.sublinear_tf, min_df=min(self.min_df, max(1, len(texts))),
             max_features=self.max_features, preprocessor=normalize_text, dtype=np.float32,
+            **extra,
         )
-        self.vectorizer_.fit([str(t) for t in texts])
+        try:
+            self.vectorizer_.fit(texts)
+        except ValueError:  # no n-gram reaches min_df (tiny or empty corpus): keep them all
+            self.vectorizer_.set_params(min_df=1)
+            try:
+                self.vectorizer_.fit(texts)
+            except ValueError:  # no n-gram at all (every text empty)
+                self.vectorizer_.set_params(vocabulary=["<none>"])
+                self.vectorizer_.fit(texts)
         return self
 
     def transform(self, texts: Sequence[str]) -> sp.csr_matrix:
@@ -128,3 +147,17 @@ class LexicalModel:
             return np.empty(0, dtype=np.float32)
         prod = left[np.asarray(li)].multiply(right[np.asarray(ri)])
         return np.asarray(prod.sum(axis=1), dtype=np.float32).ravel()
+
+
+def fit_lexical_signals(corpus: Sequence[str], word: bool = True) -> dict[str, LexicalModel]:
+    """The lexical signals fitted on a corpus: ``lexical`` (character 3-5-grams within word
+    boundaries) and, with ``word``, ``word`` (word uni- and bigrams).
+
+    Args:
+        corpus: every text of the catalogues being compared.
+        word: also fit the word-level model.
+    """
+    models = {"lexical": LexicalModel()}
+    if word:
+        models["word"] = LexicalModel("word", ngram_range=(1, 2))
+    return {name: model.fit(corpus) for name, model in models.items()}
