@@ -1,0 +1,506 @@
+"""The :class:`Matcher`: a thin composition of the stages.
+
+catalogue -> encode -> fuse -> index -> retrieve (dense + lexical) -> compare -> decide ->
+cluster. Each stage is a plain function in its own module; the Matcher only holds the
+settings and the loaded encoders, and passes arrays and DataFrames between stages.
+
+Example:
+    >>> import pandas as pd, mmmatch
+    >>> left = pd.DataFrame({"id": [1, 2], "title": ["Sony turntable PS-LX350H", "Oat milk 1L"]})
+    >>> right = pd.DataFrame({"id": ["a", "b"], "title": ["oatly oat drink 1 l", "sony pslx350h"]})
+    >>> pairs = mmmatch.match(left, right, image_encoder=None)  # doctest: +SKIP
+    >>> pairs[["id_left", "id_right", "score"]]  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import pandas as pd
+
+from mmmatch.cache import EmbeddingCache, default_cache_dir
+from mmmatch.catalogue import PROBLEM_COLUMNS, Catalogue, ColumnMap, load_catalogue
+from mmmatch.cluster import cluster_pairs
+from mmmatch.compare import EVIDENCE_COLUMNS, FusedLayout, ScoreWeights, compare_pairs
+from mmmatch.decide import apply_threshold
+from mmmatch.encode import EncodedCatalogue, OnBadImage, encode_catalogue
+from mmmatch.encoders import get_encoder
+from mmmatch.fusion import FusionWeights, fuse
+from mmmatch.hubness import dense_neighbourhood, sparse_neighbourhood
+from mmmatch.images import ImageLimits
+from mmmatch.index import EmbeddingIndex
+from mmmatch.lexical import LexicalModel, fit_lexical_signals
+from mmmatch.retrieve import retrieve_candidates
+
+__all__ = ["DEFAULT_THRESHOLD", "Matcher", "dedupe", "match"]
+
+DEFAULT_THRESHOLD = 0.5
+"""Zero-shot decision threshold on ``score`` (see the README for how it was chosen)."""
+
+PAIR_COLUMNS = ["left_id", "right_id", "score", *EVIDENCE_COLUMNS, "rank"]
+
+
+class Matcher:
+    """Match and deduplicate catalogues by photo and title.
+
+    Args:
+        image_encoder: preset name, Hugging Face id or folder; ``None`` ignores images.
+        text_encoder: preset name, sentence-transformers id or folder; ``None`` ignores text.
+        weights: weight of the image, text-embedding and lexical signals in the score.
+        lexical: add TF-IDF character n-gram and word evidence (and candidates) from the text.
+        hubness: correct each signal for hubness (CSLS, see :mod:`mmmatch.hubness`) when
+            matching and deduplicating; search scores stay raw.
+        hubness_k: neighbourhood size of the hubness correction.
+        k: candidates retrieved per item.
+        threshold: pairs with ``score >= threshold`` are matches.
+        cache_dir: embedding cache folder; ``None`` uses :func:`~mmmatch.cache.default_cache_dir`,
+            ``False`` disables caching.
+        device: torch device for the encoders (default CUDA when available).
+        on_bad_image: ``"text_only"``, ``"skip"`` or ``"raise"`` (see
+            :func:`~mmmatch.encode.encode_catalogue`).
+        image_limits: byte / pixel / timeout limits for images.
+        show_progress: show tqdm progress bars.
+
+    Example:
+        >>> m = Matcher(image_encoder=None)  # doctest: +SKIP
+        >>> pairs = m.match(left_df, right_df)  # doctest: +SKIP
+    """
+
+    def __init__(
+        self,
+        image_encoder: str | None = "efficientnet-lite0",
+        text_encoder: str | None = "minilm-l6",
+        weights: ScoreWeights | None = None,
+        lexical: bool = True,
+        hubness: bool = True,
+        hubness_k: int = 10,
+        k: int = 10,
+        threshold: float = DEFAULT_THRESHOLD,
+        cache_dir: str | Path | Literal[False] | None = None,
+        device: str | None = None,
+        on_bad_image: OnBadImage = "text_only",
+        image_limits: ImageLimits | None = None,
+        show_progress: bool = False,
+    ) -> None:
+        self.image_encoder = image_encoder
+        self.text_encoder = text_encoder
+        self.weights = weights
+        self.lexical = lexical
+        self.hubness = hubness
+        self.hubness_k = hubness_k
+        self.k = k
+        self.threshold = threshold
+        self.cache_dir = cache_dir
+        self.device = device
+        self.on_bad_image = on_bad_image
+        self.image_limits = image_limits
+        self.show_progress = show_progress
+
+    # -- stage helpers ----------------------------------------------------------------------
+    @property
+    def score_weights(self) -> ScoreWeights:
+        """The score weights in use (the default when none were given)."""
+        return self.weights or ScoreWeights()
+
+    @property
+    def fusion_weights(self) -> FusionWeights:
+        """Dense retrieval weights: image vs. the text signals together."""
+        w = self.score_weights
+        text = w.text + (w.lexical + w.word if self.lexical else 0.0)
+        if w.image + text <= 0:
+            return FusionWeights()
+        return FusionWeights(image=w.image, text=text)
+
+    def _cache(self) -> EmbeddingCache | None:
+        if self.cache_dir is False:
+            return None
+        return EmbeddingCache(self.cache_dir or default_cache_dir())
+
+    def encoders(self, use_images: bool = True, use_text: bool = True) -> tuple[Any, Any]:
+        """The (image, text) encoders, loaded on first use; ``None`` where not used."""
+        image = get_encoder(self.image_encoder, "image", self.device) if (
+            use_images and self.image_encoder) else None
+        text = get_encoder(self.text_encoder, "text", self.device) if (
+            use_text and self.text_encoder) else None
+        return image, text
+
+    def load(
+        self, catalogue: Any, columns: ColumnMap | dict | None = None, name: str | None = None
+    ) -> Catalogue:
+        """:func:`~mmmatch.catalogue.load_catalogue` with this matcher's settings."""
+        return load_catalogue(catalogue, columns, name=name)
+
+    def encode(
+        self, catalogue: Catalogue, use_images: bool | None = None, use_text: bool | None = None
+    ) -> EncodedCatalogue:
+        """Embed a catalogue (bad images handled per ``on_bad_image``).
+
+        Args:
+            catalogue: a loaded catalogue.
+            use_images: embed images; default: when the catalogue has any.
+            use_text: embed text; default: when the catalogue has any.
+        """
+        if use_images is None:
+            use_images = any(im is not None for im in catalogue.images)
+        if use_text is None:
+            use_text = any(bool(t) for t in catalogue.texts)
+        image, text = self.encoders(use_images, use_text)
+        cache = self._cache()
+        try:
+            return encode_catalogue(
+                catalogue, image, text, cache, self.on_bad_image, self.image_limits,
+                self.show_progress,
+            )
+        finally:
+            if cache is not None:
+                cache.close()
+
+    def _encode_pair(
+        self, left: Catalogue, right: Catalogue
+    ) -> tuple[EncodedCatalogue, EncodedCatalogue, FusedLayout]:
+        use_images = any(im is not None for c in (left, right) for im in c.images)
+        use_text = any(bool(t) for c in (left, right) for t in c.texts)
+        if not (use_images and self.image_encoder) and not (use_text and self.text_encoder):
+            raise ValueError("nothing to compare: the encoders in use see no images or text")
+        le = self.encode(left, use_images, use_text)
+        re_ = le if right is left else self.encode(right, use_images, use_text)
+        layout = FusedLayout(
+            le.image.shape[1] if le.image is not None else 0,
+            le.text.shape[1] if le.text is not None else 0,
+        )
+        return le, re_, layout
+
+    def _fuse(self, encoded: EncodedCatalogue) -> np.ndarray:
+        return fuse(encoded.image, encoded.image_ok, encoded.text, encoded.text_ok,
+                    self.fusion_weights)
+
+    def candidates(
+        self,
+        left: EncodedCatalogue,
+        right: EncodedCatalogue,
+        layout: FusedLayout,
+        k: int | None = None,
+        exclude_self: bool = False,
+        cross_source: bool = False,
+    ) -> pd.DataFrame:
+        """Retrieve and compare candidate pairs.
+
+        Dense candidates (FAISS over the fused vectors) and lexical candidates (TF-IDF) are
+        merged, compared (:func:`~mmmatch.compare.compare_pairs`) and the best ``k`` per
+        left item kept by ``score``.
+
+        Returns:
+            DataFrame ``left_id, right_id, score``, the evidence columns, ``rank``
+            plus ``left_pos, right_pos`` (row positions in the encoded catalogues).
+        """
+        k = k or self.k
+        lf, rf = self._fuse(left), self._fuse(right)
+        index = EmbeddingIndex(rf.shape[1], "cosine")
+        index.add(rf, right.ids)
+        query_sources = cand_sources = None
+        if cross_source:
+            if left.catalogue.sources is None or right.catalogue.sources is None:
+                raise ValueError("cross_source needs a source column (columns={'source': ...})")
+            query_sources = left.catalogue.sources
+            cand_sources = dict(zip(right.ids, right.catalogue.sources, strict=True))
+        dense = retrieve_candidates(
+            index, lf, left.ids, k, exclude_self, query_sources, cand_sources
+        )
+        right_pos = pd.Index(right.ids)
+        left_pos = pd.Index(left.ids)
+        li = left_pos.get_indexer(dense["query_id"])
+        ri = right_pos.get_indexer(dense["cand_id"])
+        lexical = self._lexical(left, right, layout)
+        if "lexical" in lexical:
+            lex_l, lex_r = lexical["lexical"]
+            chunk = max(1, 64_000_000 // max(1, len(right)))
+            _, pos = LexicalModel.search(lex_l, lex_r, k + int(exclude_self), chunk)
+            ql = np.repeat(np.arange(len(left)), pos.shape[1])
+            qr = pos.ravel()
+            keep = qr >= 0
+            ql, qr = ql[keep], qr[keep]
+            if exclude_self:
+                keep = left.ids[ql] != right.ids[qr]
+                ql, qr = ql[keep], qr[keep]
+            if cross_source:
+                keep = left.catalogue.sources[ql] != right.catalogue.sources[qr]
+                ql, qr = ql[keep], qr[keep]
+            li = np.concatenate([li, ql])
+            ri = np.concatenate([ri, qr])
+        pairs = np.unique(np.stack([li, ri], axis=1), axis=0) if len(li) else np.empty((0, 2), int)
+        li, ri = pairs[:, 0], pairs[:, 1]
+        hub = self._hubness(left, right, layout, lf, rf, lexical)
+        out = self._compare(left, right, layout, li, ri, lf, rf, lexical, hub)
+        out = out.sort_values(["left_pos", "score"], ascending=[True, False], kind="stable")
+        out["rank"] = (out.groupby("left_pos", sort=False).cumcount() + 1).astype(np.int32)
+        out = out[out["rank"] <= k].reset_index(drop=True)
+        return out[[*PAIR_COLUMNS, "left_pos", "right_pos"]]
+
+    def _lexical(
+        self, left: EncodedCatalogue, right: EncodedCatalogue, layout: FusedLayout
+    ) -> dict[str, tuple[Any, Any]]:
+        """TF-IDF vectors of both sides per lexical signal, fitted on their union."""
+        w = self.score_weights
+        if not (self.lexical and layout.text_dim > 0):
+            return {}
+        texts_l, texts_r = left.catalogue.texts, right.catalogue.texts
+        corpus = texts_l if right is left else np.concatenate([texts_l, texts_r])
+        out = {}
+        for name, model in fit_lexical_signals(corpus, word=w.word > 0).items():
+            vec_l = model.transform(texts_l)
+            out[name] = (vec_l, vec_l if right is left else model.transform(texts_r))
+        return out
+
+    def _hubness(
+        self,
+        left: EncodedCatalogue,
+        right: EncodedCatalogue,
+        layout: FusedLayout,
+        lf: np.ndarray,
+        rf: np.ndarray,
+        lexical: dict[str, tuple[Any, Any]],
+    ) -> dict[str, tuple[np.ndarray, np.ndarray]] | None:
+        """Per-signal neighbourhood means of both sides (``None`` when hubness is off)."""
+        if not self.hubness:
+            return None
+        k, same = self.hubness_k, right is left
+        hub: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+        lp, rp = layout.parts(lf), layout.parts(rf)
+        oks = {"image": (left.image_ok, right.image_ok), "text": (left.text_ok, right.text_ok)}
+        for name in lp:
+            (l_ok, r_ok), a, b = oks[name], lp[name], rp[name]
+            r_left = dense_neighbourhood(a, l_ok, b, r_ok, k, same)
+            r_right = r_left if same else dense_neighbourhood(b, r_ok, a, l_ok, k)
+            hub[name] = (r_left, r_right)
+        for name, (a, b) in lexical.items():
+            r_left = sparse_neighbourhood(a, b, k, same)
+            hub[name] = (r_left, r_left if same else sparse_neighbourhood(b, a, k))
+        return hub
+
+    def _compare(
+        self,
+        left: EncodedCatalogue,
+        right: EncodedCatalogue,
+        layout: FusedLayout,
+        li: np.ndarray,
+        ri: np.ndarray,
+        lf: np.ndarray | None = None,
+        rf: np.ndarray | None = None,
+        lexical: dict[str, tuple[Any, Any]] | None = None,
+        hub: dict[str, tuple[np.ndarray, np.ndarray]] | None = None,
+    ) -> pd.DataFrame:
+        lf = self._fuse(left) if lf is None else lf
+        rf = self._fuse(right) if rf is None else rf
+        sparse_sims = {}
+        for name, (a, b) in (lexical or {}).items():
+            sim = LexicalModel.pair_similarity(a, b, li, ri)
+            empty = (np.diff(a.indptr)[li] == 0) | (np.diff(b.indptr)[ri] == 0)
+            sim[empty] = np.nan
+            sparse_sims[name] = sim
+        evidence = compare_pairs(
+            lf, rf, li, ri, layout, self.score_weights, sparse_sims, hub
+        )
+        out = pd.DataFrame({"left_id": left.ids[li], "right_id": right.ids[ri]})
+        out = pd.concat([out, evidence], axis=1)
+        out["left_pos"], out["right_pos"] = li, ri
+        return out
+
+    # -- user-level operations --------------------------------------------------------------
+    def match(
+        self,
+        left: Any,
+        right: Any,
+        how: Literal["inner", "left"] = "inner",
+        threshold: float | None = None,
+        left_columns: ColumnMap | dict | None = None,
+        right_columns: ColumnMap | dict | None = None,
+        suffixes: tuple[str, str] = ("_left", "_right"),
+        all_candidates: bool = False,
+    ) -> pd.DataFrame:
+        """Join two catalogues on "same product".
+
+        Args:
+            left: DataFrame, file path or :class:`~mmmatch.catalogue.Catalogue`.
+            right: likewise.
+            how: ``"inner"`` keeps matched pairs; ``"left"`` also keeps unmatched left rows
+                (their right columns and scores are missing), like :func:`pandas.merge`.
+            threshold: overrides the matcher's threshold.
+            left_columns: column mapping of ``left``.
+            right_columns: column mapping of ``right``.
+            suffixes: appended to the columns of each side.
+            all_candidates: return every candidate with ``is_match`` instead of matches only.
+
+        Returns:
+            One row per pair: ``left_id, right_id, score``, the ``*_sim`` evidence,
+            ``rank, is_match`` and every column of both catalogues, suffixed. Rows that
+            could not be used (bad images, empty rows) are listed in
+            ``result.attrs["problems"]`` (records; ``pd.DataFrame(...)`` tabulates them).
+        """
+        if how not in ("inner", "left"):
+            raise ValueError(f"how must be 'inner' or 'left', got {how!r}")
+        lc = load_catalogue(left, left_columns, name="left")
+        rc = load_catalogue(right, right_columns, name="right")
+        le, re_, layout = self._encode_pair(lc, rc)
+        pairs = self.candidates(le, re_, layout)
+        pairs = apply_threshold(pairs, self.threshold if threshold is None else threshold)
+        if not all_candidates:
+            pairs = pairs[pairs["is_match"]]
+        ldata = le.catalogue.data.add_suffix(suffixes[0])
+        rdata = re_.catalogue.data.add_suffix(suffixes[1])
+        out = pd.concat([
+            pairs[[*PAIR_COLUMNS, "is_match"]].reset_index(drop=True),
+            ldata.iloc[pairs["left_pos"].to_numpy()].reset_index(drop=True),
+            rdata.iloc[pairs["right_pos"].to_numpy()].reset_index(drop=True),
+        ], axis=1)
+        if how == "left":
+            unmatched = np.setdiff1d(np.arange(len(le)), pairs["left_pos"].to_numpy())
+            extra = ldata.iloc[unmatched].reset_index(drop=True)
+            extra.insert(0, "left_id", le.ids[unmatched])
+            out = pd.concat([out, extra], ignore_index=True)
+            order = pd.Index(le.ids).get_indexer(out["left_id"])
+            out = out.iloc[np.argsort(order, kind="stable")].reset_index(drop=True)
+        out.attrs["problems"] = _problems(lc, rc).to_dict("records")
+        return out
+
+    def score_pairs(
+        self,
+        left: Any,
+        right: Any,
+        pairs: pd.DataFrame,
+        left_columns: ColumnMap | dict | None = None,
+        right_columns: ColumnMap | dict | None = None,
+    ) -> pd.DataFrame:
+        """Evidence and score of given pairs (for example labelled pairs to evaluate).
+
+        Args:
+            left: DataFrame, file path or :class:`~mmmatch.catalogue.Catalogue`.
+            right: likewise.
+            pairs: ``left_id, right_id`` (other columns, such as a label, are kept).
+            left_columns: column mapping of ``left``.
+            right_columns: column mapping of ``right``.
+
+        Returns:
+            ``pairs`` with ``score`` and the ``*_sim`` evidence added; pairs naming a
+            row that could not be used get NaN scores.
+
+        Raises:
+            KeyError: a pair names an id that is in neither catalogue.
+        """
+        lc = load_catalogue(left, left_columns, name="left")
+        rc = load_catalogue(right, right_columns, name="right")
+        le, re_, layout = self._encode_pair(lc, rc)
+        lid = pairs["left_id"].astype(str).to_numpy()
+        rid = pairs["right_id"].astype(str).to_numpy()
+        for side, ids, cat in (("left", lid, lc), ("right", rid, rc)):
+            unknown = ~np.isin(ids, cat.ids)
+            if unknown.any():
+                raise KeyError(f"{side} ids not in the {side} catalogue: {ids[unknown][:5]}")
+        li = pd.Index(le.ids).get_indexer(lid)
+        ri = pd.Index(re_.ids).get_indexer(rid)
+        usable = (li >= 0) & (ri >= 0)
+        lf, rf = self._fuse(le), self._fuse(re_)
+        lexical = self._lexical(le, re_, layout)
+        hub = self._hubness(le, re_, layout, lf, rf, lexical)
+        evidence = self._compare(le, re_, layout, li[usable], ri[usable], lf, rf, lexical, hub)
+        out = pairs.reset_index(drop=True).copy()
+        for col in ["score", *EVIDENCE_COLUMNS]:
+            values = np.full(len(out), np.nan, dtype=np.float32)
+            values[usable] = evidence[col].to_numpy()
+            out[col] = values
+        return out
+
+    def dedupe(
+        self,
+        catalogue: Any,
+        threshold: float | None = None,
+        columns: ColumnMap | dict | None = None,
+        cross_source: bool = False,
+        return_pairs: bool = False,
+    ) -> pd.DataFrame | tuple[pd.DataFrame, pd.DataFrame]:
+        """Give every row a ``cluster_id``; rows of one product share it.
+
+        Args:
+            catalogue: DataFrame, file path or :class:`~mmmatch.catalogue.Catalogue`.
+            threshold: overrides the matcher's threshold.
+            columns: column mapping.
+            cross_source: only link rows from different sources (needs a source column).
+            return_pairs: also return the matched pairs.
+
+        Returns:
+            The catalogue's rows with ``cluster_id`` (and ``cluster_size``); rows that could
+            not be used are their own cluster and are listed in ``attrs["problems"]`` (records).
+            With ``return_pairs``: ``(rows, pairs)``.
+        """
+        cat = load_catalogue(catalogue, columns)
+        enc, _, layout = self._encode_pair(cat, cat)
+        pairs = self.candidates(enc, enc, layout, exclude_self=True, cross_source=cross_source)
+        pairs = apply_threshold(pairs, self.threshold if threshold is None else threshold)
+        matched = pairs[pairs["is_match"]]
+        clusters = cluster_pairs(matched, cat.ids, "left_id", "right_id")
+        out = cat.data.copy()
+        out["cluster_id"] = clusters["cluster_id"].to_numpy()
+        out["cluster_size"] = out.groupby("cluster_id")["cluster_id"].transform("size")
+        out.attrs["problems"] = cat.problems.to_dict("records")
+        if return_pairs:
+            return out, matched.drop(columns=["left_pos", "right_pos"]).reset_index(drop=True)
+        return out
+
+
+def _problems(left: Catalogue, right: Catalogue) -> pd.DataFrame:
+    frames = []
+    for side, cat in (("left", left), ("right", right)):
+        if not cat.problems.empty:
+            frames.append(cat.problems.assign(catalogue=side))
+    if not frames:
+        return pd.DataFrame(columns=["catalogue", *PROBLEM_COLUMNS])
+    out = pd.concat(frames, ignore_index=True)
+    return out[["catalogue", *PROBLEM_COLUMNS]]
+
+
+def _split_kwargs(kwargs: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    import inspect
+
+    names = set(inspect.signature(Matcher.__init__).parameters) - {"self"}
+    return (
+        {k: v for k, v in kwargs.items() if k in names},
+        {k: v for k, v in kwargs.items() if k not in names},
+    )
+
+
+def match(
+    left: Any, right: Any, matcher: Matcher | None = None, **kwargs: Any
+) -> pd.DataFrame:
+    """Join two catalogues on "same product", like :func:`pandas.merge`.
+
+    Args:
+        left: DataFrame, file path or :class:`~mmmatch.catalogue.Catalogue`.
+        right: likewise.
+        matcher: a configured :class:`Matcher` (default: one built from ``kwargs``).
+        **kwargs: :class:`Matcher` settings (``image_encoder``, ``threshold``, ``k``...) and
+            :meth:`Matcher.match` arguments (``how``, ``left_columns``, ``suffixes``...).
+
+    Returns:
+        See :meth:`Matcher.match`.
+    """
+    settings, call = _split_kwargs(kwargs)
+    if matcher is not None and settings:
+        raise TypeError(f"pass settings to the Matcher, not beside it: {sorted(settings)}")
+    return (matcher or Matcher(**settings)).match(left, right, **call)
+
+
+def dedupe(data: Any, matcher: Matcher | None = None, **kwargs: Any) -> pd.DataFrame:
+    """Give every row of a catalogue a ``cluster_id`` (see :meth:`Matcher.dedupe`).
+
+    Args:
+        data: DataFrame, file path or :class:`~mmmatch.catalogue.Catalogue`.
+        matcher: a configured :class:`Matcher` (default: one built from ``kwargs``).
+        **kwargs: :class:`Matcher` settings and :meth:`Matcher.dedupe` arguments.
+    """
+    settings, call = _split_kwargs(kwargs)
+    if matcher is not None and settings:
+        raise TypeError(f"pass settings to the Matcher, not beside it: {sorted(settings)}")
+    return (matcher or Matcher(**settings)).dedupe(data, **call)
+
+
