@@ -1,0 +1,321 @@
+"""The ``mmmatch`` command line: a thin argparse layer over the library.
+
+User errors (bad files, columns, images, settings) print one line to stderr and exit with
+status 2; set ``MMMATCH_DEBUG=1`` to see the traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from mmmatch import __version__
+from mmmatch._io import atomic_file
+from mmmatch.catalogue import ColumnMap
+from mmmatch.compare import EVIDENCE_COLUMNS
+from mmmatch.exceptions import MmmatchError
+
+__all__ = ["main"]
+
+
+def parse_columns(spec: str | None) -> ColumnMap | None:
+    """Parse ``"id=sku,title=name,text=brand+description,image=photo"`` into a ColumnMap."""
+    if not spec:
+        return None
+    values: dict[str, Any] = {}
+    for part in spec.split(","):
+        if "=" not in part:
+            raise MmmatchError(f"bad column mapping {part!r}: expected ROLE=COLUMN, e.g. id=sku")
+        role, column = (s.strip() for s in part.split("=", 1))
+        values[role] = tuple(c for c in column.split("+") if c) if role == "text" else column
+    try:
+        return ColumnMap.from_dict(values)
+    except MmmatchError:
+        raise
+    except TypeError as e:
+        raise MmmatchError(f"bad column mapping {spec!r}: {e}") from None
+
+
+def write_table(df: pd.DataFrame, path: str | Path) -> Path:
+    """Write CSV or Parquet (by extension) atomically."""
+    path = Path(path)
+    suffix = path.suffix.lower()
+    if suffix not in (".csv", ".parquet", ".pq", ".tsv"):
+        raise MmmatchError(f"unsupported output format {path.suffix!r}: use .csv or .parquet")
+
+    def write(tmp: Path) -> None:
+        if suffix in (".parquet", ".pq"):
+            df.to_parquet(tmp, index=False)
+        else:
+            df.to_csv(tmp, index=False, sep="\t" if suffix == ".tsv" else ",")
+
+    return atomic_file(path, write)
+
+
+def _report_problems(problems: pd.DataFrame, out: Path | None, quiet: bool) -> None:
+    if problems.empty:
+        return
+    where = ""
+    if out is not None:
+        path = out.with_name(out.stem + ".problems.csv")
+        write_table(problems, path)
+        where = f"; listed in {path}"
+    if not quiet:
+        counts = problems.groupby(["problem", "action"]).size()
+        summary = ", ".join(f"{n} {p} ({a})" for (p, a), n in counts.items())
+        print(f"mmmatch: {len(problems)} row(s) with problems: {summary}{where}", file=sys.stderr)
+
+
+def _matcher(args: argparse.Namespace) -> Any:
+    from mmmatch.compare import ScoreWeights
+    from mmmatch.pipeline import DEFAULT_THRESHOLD, Matcher
+
+    weights = None
+    if getattr(args, "weights", None):
+        try:
+            w = [float(x) for x in args.weights.split(",")]
+            weights = ScoreWeights(*w)
+        except (ValueError, TypeError):
+            raise MmmatchError(
+                f"--weights expects IMAGE,TEXT,LEXICAL numbers, got {args.weights!r}"
+            ) from None
+    return Matcher(
+        image_encoder=None if args.no_images else args.image_encoder,
+        text_encoder=args.text_encoder,
+        weights=weights,
+        lexical=not args.no_lexical,
+        k=args.k,
+        threshold=DEFAULT_THRESHOLD if args.threshold is None else args.threshold,
+        cache_dir=False if args.no_cache else args.cache_dir,
+        device=args.device,
+        on_bad_image=args.on_bad_image,
+        show_progress=not args.quiet,
+    )
+
+
+def _add_matcher_options(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("matching")
+    g.add_argument("--image-encoder", default="efficientnet-lite0",
+                   help="preset, Hugging Face id or folder (default: %(default)s)")
+    g.add_argument("--text-encoder", default="minilm-l6",
+                   help="preset, sentence-transformers id or folder (default: %(default)s)")
+    g.add_argument("--no-images", action="store_true", help="ignore images, match on text")
+    g.add_argument("--no-lexical", action="store_true", help="no TF-IDF character n-grams")
+    g.add_argument("--weights", help="score weights IMAGE,TEXT,LEXICAL (default 0.5,0.25,0.25)")
+    g.add_argument("-k", type=int, default=10, help="candidates per item (default: %(default)s)")
+    g.add_argument("--threshold", type=float, help="match when score >= this")
+    g.add_argument("--on-bad-image", choices=["text_only", "skip", "raise"], default="text_only",
+                   help="what to do with unreadable images (default: %(default)s)")
+    g.add_argument("--cache-dir", help="embedding cache folder (default ~/.cache/mmmatch)")
+    g.add_argument("--no-cache", action="store_true", help="do not cache embeddings")
+    g.add_argument("--device", help="torch device (default: cuda when available)")
+    g.add_argument("-q", "--quiet", action="store_true", help="no progress bars or summaries")
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from mmmatch.demo import make_demo_catalogues
+    from mmmatch.metrics import pair_scores
+
+    start = time.perf_counter()
+    folder = Path(args.out) if args.out else Path(tempfile.mkdtemp(prefix="mmmatch-demo-"))
+    data = make_demo_catalogues(folder, n_products=args.n_products, seed=args.seed)
+    print(f"Generated two catalogues of {args.n_products} products in {folder}")
+    print(f"  retailer A: {data.left.name} (id, title, brand, image)")
+    print(f"  retailer B: {data.right.name} (sku, name, image), titles written its own way\n")
+    matcher = _matcher(args)
+    pairs = matcher.match(data.left, data.right, right_columns={"id": "sku", "title": "name"})
+    write_table(pairs, folder / "matches.csv")
+    shown = pairs.sort_values("score", ascending=False).head(args.show)
+    with pd.option_context("display.width", 200, "display.max_colwidth", 40):
+        print(shown[["title_left", "name_right", "score", "image_sim", "text_sim",
+                     "lexical_sim", "word_sim"]].round(3).to_string(index=False))
+    truth = set(map(tuple, data.truth[["left_id", "right_id"]].to_numpy()))
+    s = pair_scores(set(zip(pairs["left_id"], pairs["right_id"], strict=True)), truth)
+    print(f"\n{len(pairs)} matches at threshold {matcher.threshold}: "
+          f"precision {s['precision']:.3f}, "
+          f"recall {s['recall']:.3f}, F1 {s['f1']:.3f} against the {len(truth)} true pairs")
+    print(f"All pairs with their evidence: {folder / 'matches.csv'}")
+    print(f"Same from the shell: mmmatch match {data.left} {data.right} "
+          f"--right-columns id=sku,title=name -o matches.csv")
+    print(f"Done in {time.perf_counter() - start:.1f} s")
+    return 0
+
+
+def cmd_match(args: argparse.Namespace) -> int:
+    matcher = _matcher(args)
+    pairs = matcher.match(
+        args.left, args.right, how=args.how,
+        left_columns=parse_columns(args.left_columns or args.columns),
+        right_columns=parse_columns(args.right_columns or args.columns),
+        all_candidates=args.all_candidates,
+    )
+    out = write_table(pairs, args.output)
+    _report_problems(pd.DataFrame(pairs.attrs.get("problems", [])), out, args.quiet)
+    if not args.quiet:
+        n = int(pairs["is_match"].fillna(False).astype(bool).sum())
+        print(f"mmmatch: {n} matched pairs written to {out}", file=sys.stderr)
+    return 0
+
+
+def cmd_dedupe(args: argparse.Namespace) -> int:
+    matcher = _matcher(args)
+    rows, pairs = matcher.dedupe(
+        args.catalogue, columns=parse_columns(args.columns),
+        cross_source=args.cross_source, return_pairs=True,
+    )
+    out = write_table(rows, args.output)
+    if args.pairs:
+        write_table(pairs, args.pairs)
+    _report_problems(pd.DataFrame(rows.attrs.get("problems", [])), out, args.quiet)
+    if not args.quiet:
+        n_multi = int((rows["cluster_size"] > 1).sum())
+        print(f"mmmatch: {rows['cluster_id'].nunique()} clusters; {n_multi} rows have "
+              f"duplicates; written to {out}", file=sys.stderr)
+    return 0
+
+
+def cmd_index(args: argparse.Namespace) -> int:
+    from mmmatch.search import SearchIndex
+
+    index = SearchIndex.build(args.catalogue, _matcher(args), parse_columns(args.columns))
+    index.save(args.output)
+    _report_problems(index.problems, Path(args.output) / "items.csv", args.quiet)
+    if not args.quiet:
+        print(f"mmmatch: indexed {len(index)} items into {args.output}", file=sys.stderr)
+    return 0
+
+
+def cmd_search(args: argparse.Namespace) -> int:
+    from mmmatch.search import SearchIndex
+
+    if args.image is None and not args.title:
+        raise MmmatchError("give --image, --title or both")
+    index = SearchIndex.load(args.index, device=args.device)
+    results = index.search(image=args.image, title=args.title, k=args.k)
+    if args.output:
+        write_table(results, args.output)
+    cols = [c for c in ("rank", "id", "title", "score", *EVIDENCE_COLUMNS)
+            if c in results.columns]
+    with pd.option_context("display.width", 200, "display.max_colwidth", 50):
+        print(results[cols].round(3).to_string(index=False))
+    return 0
+
+
+def cmd_embed(args: argparse.Namespace) -> int:
+    from mmmatch.catalogue import load_catalogue
+
+    matcher = _matcher(args)
+    cat = load_catalogue(args.catalogue, parse_columns(args.columns))
+    enc = matcher.encode(cat)
+    arrays = {"ids": np.asarray(enc.ids, dtype=str), "fused": matcher._fuse(enc)}
+    if enc.image is not None:
+        arrays |= {"image": enc.image, "image_ok": enc.image_ok}
+    if enc.text is not None:
+        arrays |= {"text": enc.text, "text_ok": enc.text_ok}
+    out = Path(args.output)
+    if out.suffix != ".npz":
+        raise MmmatchError(f"embed writes .npz files, got {out.name!r}")
+    atomic_file(out, lambda tmp: np.savez(open(tmp, "wb"), **arrays))  # noqa: SIM115
+    _report_problems(cat.problems, out, args.quiet)
+    if not args.quiet:
+        shapes = ", ".join(f"{k} {v.shape}" for k, v in arrays.items() if v.ndim == 2)
+        print(f"mmmatch: wrote {shapes} to {out}", file=sys.stderr)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of the ``mmmatch`` command."""
+    parser = argparse.ArgumentParser(
+        prog="mmmatch",
+        description="Find the same product across catalogues from its photo and its title.",
+    )
+    parser.add_argument("--version", action="version", version=f"mmmatch {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    col_help = ("column roles, e.g. id=sku,title=name,text=brand+description,image=photo,"
+                "source=shop (default: auto-detect id/title/image)")
+
+    p = sub.add_parser("demo", help="match two generated catalogues end to end")
+    p.add_argument("--out", help="folder for the generated data (default: a temp folder)")
+    p.add_argument("--n-products", type=int, default=40)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--show", type=int, default=12, help="matches to print")
+    _add_matcher_options(p)
+    p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("match", help="join two catalogues: matched pairs with scores")
+    p.add_argument("left", help="left catalogue (.csv, .parquet, .jsonl)")
+    p.add_argument("right", help="right catalogue")
+    p.add_argument("-o", "--output", required=True, help="output .csv or .parquet")
+    p.add_argument("--columns", help=col_help + " (both sides)")
+    p.add_argument("--left-columns", help="column roles of the left catalogue")
+    p.add_argument("--right-columns", help="column roles of the right catalogue")
+    p.add_argument("--how", choices=["inner", "left"], default="inner",
+                   help="'left' keeps unmatched left rows")
+    p.add_argument("--all-candidates", action="store_true",
+                   help="write every candidate pair with is_match, not only matches")
+    _add_matcher_options(p)
+    p.set_defaults(func=cmd_match)
+
+    p = sub.add_parser("dedupe", help="give every row a cluster_id")
+    p.add_argument("catalogue")
+    p.add_argument("-o", "--output", required=True, help="output .csv or .parquet")
+    p.add_argument("--columns", help=col_help)
+    p.add_argument("--pairs", help="also write the matched pairs here")
+    p.add_argument("--cross-source", action="store_true",
+                   help="only link rows of different sources (needs source=COLUMN)")
+    _add_matcher_options(p)
+    p.set_defaults(func=cmd_dedupe)
+
+    p = sub.add_parser("index", help="build a searchable index folder of a catalogue")
+    p.add_argument("catalogue")
+    p.add_argument("-o", "--output", required=True, help="index folder (written atomically)")
+    p.add_argument("--columns", help=col_help)
+    _add_matcher_options(p)
+    p.set_defaults(func=cmd_index)
+
+    p = sub.add_parser("search", help="search an index with a photo, a title, or both")
+    p.add_argument("index", help="folder written by 'mmmatch index'")
+    p.add_argument("--image", help="query photo (path or URL)")
+    p.add_argument("--title", help="query title")
+    p.add_argument("-k", type=int, default=10, help="results (default: %(default)s)")
+    p.add_argument("-o", "--output", help="also write the results (.csv / .parquet)")
+    p.add_argument("--device", help="torch device")
+    p.set_defaults(func=cmd_search)
+
+    p = sub.add_parser("embed", help="write a catalogue's embeddings to .npz")
+    p.add_argument("catalogue")
+    p.add_argument("-o", "--output", required=True, help="output .npz")
+    p.add_argument("--columns", help=col_help)
+    _add_matcher_options(p)
+    p.set_defaults(func=cmd_embed)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``mmmatch`` command; returns the exit status."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except (MmmatchError, FileNotFoundError, ValueError, KeyError) as e:
+        if os.environ.get("MMMATCH_DEBUG"):
+            raise
+        message = e.args[0] if isinstance(e, KeyError) and e.args else e
+        print(f"mmmatch: error: {message}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("mmmatch: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
