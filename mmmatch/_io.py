@@ -34,22 +34,28 @@ def atomic_dir(target: str | Path) -> Iterator[Path]:
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
+    old: Path | None = None
     try:
         yield tmp
         _fsync_tree(tmp)
-        old = None
         if target.exists():
             if not target.is_dir():
                 raise FileExistsError(f"{target} exists and is not a folder")
             old = Path(tempfile.mkdtemp(prefix=f".{target.name}.old-", dir=target.parent))
             old.rmdir()
             os.replace(target, old)
-        os.replace(tmp, target)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    try:
+        os.replace(tmp, target)
+    except BaseException:
+        if old is not None and not target.exists():
+            os.replace(old, target)  # put the previous version back
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
 
 
 def atomic_file(target: str | Path, write: Callable[[Path], None]) -> Path:

@@ -86,7 +86,7 @@ def _matcher(args: argparse.Namespace) -> Any:
             weights = ScoreWeights(*w)
         except (ValueError, TypeError):
             raise MmmatchError(
-                f"--weights expects IMAGE,TEXT,LEXICAL numbers, got {args.weights!r}"
+                f"--weights expects IMAGE,TEXT,LEXICAL,WORD numbers, got {args.weights!r}"
             ) from None
     return Matcher(
         image_encoder=None if args.no_images else args.image_encoder,
@@ -110,7 +110,8 @@ def _add_matcher_options(p: argparse.ArgumentParser) -> None:
                    help="preset, sentence-transformers id or folder (default: %(default)s)")
     g.add_argument("--no-images", action="store_true", help="ignore images, match on text")
     g.add_argument("--no-lexical", action="store_true", help="no TF-IDF character n-grams")
-    g.add_argument("--weights", help="score weights IMAGE,TEXT,LEXICAL (default 0.5,0.25,0.25)")
+    g.add_argument("--weights", help="score weights IMAGE,TEXT,LEXICAL,WORD "
+                   "(default 0.5,0.05,0.3,0.15)")
     g.add_argument("-k", type=int, default=10, help="candidates per item (default: %(default)s)")
     g.add_argument("--threshold", type=float, help="match when score >= this")
     g.add_argument("--on-bad-image", choices=["text_only", "skip", "raise"], default="text_only",

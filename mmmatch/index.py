@@ -111,8 +111,8 @@ class EmbeddingIndex:
             index = faiss.index_factory(self.dim, factory, self._faiss_metric())
             if not index.is_trained:
                 index.train(train)
-            try:
-                index.add_with_ids(np.empty((0, self.dim), np.float32), np.empty(0, np.int64))
+            try:  # IVF indexes take ids natively; a hashtable direct map allows reconstruct
+                faiss.extract_index_ivf(index).set_direct_map_type(faiss.DirectMap.Hashtable)
             except RuntimeError:
                 index = faiss.IndexIDMap2(index)
         self._index = index

@@ -18,13 +18,16 @@ from mmmatch._validation import check_is_fitted
 
 __all__ = ["LexicalModel", "fit_lexical_signals", "normalize_text"]
 
-_SEPARATORS = re.compile(r"(?<=[a-z0-9])[-/.](?=[a-z0-9])")
+# "-" and "/" inside codes; "." too, except between digits (keep "1.5 l" apart from "15 l")
+_SEPARATORS = re.compile(
+    r"(?<=[a-z0-9])[-/](?=[a-z0-9])|(?<=[a-z])\.(?=[a-z0-9])|(?<=[0-9])\.(?=[a-z])"
+)
 _PUNCTUATION = re.compile(r"[^a-z0-9 ]+")
 _SPACES = re.compile(r"\s+")
 
 
 def normalize_text(text: str) -> str:
-    """Lower-case, join codes split by ``-``, ``/`` or ``.``, drop other punctuation.
+    """Lower-case, join codes split by ``-``, ``/`` or ``.`` (not decimals), drop punctuation.
 
     ``"Sony PS-LX350H (black)"`` -> ``"sony pslx350h black"``: model numbers written with and
     without separators then share their n-grams.
@@ -149,15 +152,19 @@ class LexicalModel:
         return np.asarray(prod.sum(axis=1), dtype=np.float32).ravel()
 
 
-def fit_lexical_signals(corpus: Sequence[str], word: bool = True) -> dict[str, LexicalModel]:
+def fit_lexical_signals(
+    corpus: Sequence[str], word: bool = True, min_df: int = 2
+) -> dict[str, LexicalModel]:
     """The lexical signals fitted on a corpus: ``lexical`` (character 3-5-grams within word
     boundaries) and, with ``word``, ``word`` (word uni- and bigrams).
 
     Args:
         corpus: every text of the catalogues being compared.
         word: also fit the word-level model.
+        min_df: 2 when the corpus holds both sides of every pair (matching); 1 when queries
+            come from outside it (search), where an n-gram seen once can still be shared.
     """
-    models = {"lexical": LexicalModel()}
+    models = {"lexical": LexicalModel(min_df=min_df)}
     if word:
-        models["word"] = LexicalModel("word", ngram_range=(1, 2))
+        models["word"] = LexicalModel("word", ngram_range=(1, 2), min_df=min_df)
     return {name: model.fit(corpus) for name, model in models.items()}

@@ -173,7 +173,8 @@ class SearchIndex:
             saved = m[role]
             if saved is None:
                 continue
-            encoder = get_encoder(saved["config"]["name"], role.split("_")[0], device)
+            extra = {k: v for k, v in saved["config"].items() if k != "name"}
+            encoder = get_encoder(saved["config"]["name"], role.split("_")[0], device, **extra)
             if encoder.encoder_id != saved["encoder_id"] or encoder.dim != saved["dim"]:
                 raise ConfigMismatchError(
                     f"{path}: built with {role} {saved['encoder_id']!r} ({saved['dim']}-d) but "
@@ -199,7 +200,9 @@ class SearchIndex:
         """Lexical models refitted on the items' texts (deterministic) and the items' vectors."""
         if self._lexical is None:
             texts = self.items["_text"].tolist()
-            models = fit_lexical_signals(texts, word=self.matcher.score_weights.word > 0)
+            models = fit_lexical_signals(
+                texts, word=self.matcher.score_weights.word > 0, min_df=1
+            )
             self._lexical = {name: (m, m.transform(texts)) for name, m in models.items()}
         return self._lexical
 

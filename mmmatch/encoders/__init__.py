@@ -113,7 +113,12 @@ def get_encoder(
         >>> enc.encode(["oat milk 1 l"]).shape  # doctest: +SKIP
         (1, 384)
     """
-    return _build(str(name), modality, device, tuple(sorted(kwargs.items())))
+    name = str(name)
+    if name.startswith("~"):
+        name = str(Path(name).expanduser())
+    if name in PRESETS and modality is None:
+        modality = PRESETS[name]["modality"]  # type: ignore[assignment]
+    return _build(name, modality, device, tuple(sorted(kwargs.items())))
 
 
 @functools.lru_cache(maxsize=8)
@@ -126,9 +131,9 @@ def _build(name: str, modality: Modality | None, device: str | None, kw: tuple) 
         if preset_modality == "image":
             return EfficientNetLiteEncoder(name, device=device, **kwargs)
         return SentenceTransformerEncoder(
-            minilm_path(), device=device, encoder_id="minilm-l6", **kwargs
+            minilm_path(), device=device, encoder_id="minilm-l6", name=name, **kwargs
         )
-    is_path = Path(name).expanduser().exists()
+    is_path = Path(name).exists()
     if not is_path and "/" not in name:
         valid = ", ".join(PRESETS)
         raise UnknownEncoderError(

@@ -34,13 +34,14 @@ class ImagePreprocess:
     """How an RGB image becomes the model's input tensor.
 
     The image is resized (``resize="shorter"``: shorter side to ``resize_to`` keeping the
-    aspect ratio; ``"squash"``: both sides to ``size``), centre-cropped to ``size``, scaled
-    to [0, 1], then normalised per channel: ``(x - mean) / std``.
+    aspect ratio; ``"squash"``: to exactly ``resize_to`` = (height, width)), centre-cropped
+    to ``size``, scaled to [0, 1], then normalised per channel: ``(x - mean) / std``.
 
     Attributes:
         size: final (height, width).
         resize: ``"shorter"`` or ``"squash"``.
-        resize_to: shorter-side length before the crop (``"shorter"`` only).
+        resize_to: ``"shorter"``: shorter-side length before the crop; ``"squash"``:
+            (height, width) before the crop (``size`` itself means no crop).
         mean: per-channel mean, in [0, 1] units.
         std: per-channel standard deviation, in [0, 1] units.
         interpolation: ``"bilinear"`` or ``"bicubic"``.
@@ -48,7 +49,7 @@ class ImagePreprocess:
 
     size: tuple[int, int] = (224, 224)
     resize: Literal["shorter", "squash"] = "shorter"
-    resize_to: int = 224
+    resize_to: int | tuple[int, int] = 224
     mean: tuple[float, float, float] = (0.485, 0.456, 0.406)
     std: tuple[float, float, float] = (0.229, 0.224, 0.225)
     interpolation: Literal["bilinear", "bicubic"] = "bicubic"
@@ -61,14 +62,16 @@ class ImagePreprocess:
     def from_dict(cls, d: dict[str, Any]) -> ImagePreprocess:
         """Inverse of :meth:`to_dict`."""
         d = dict(d)
-        for key in ("size", "mean", "std"):
-            if key in d:
+        for key in ("size", "mean", "std", "resize_to"):
+            if isinstance(d.get(key), list):
                 d[key] = tuple(d[key])
         return cls(**d)
 
     @property
     def draft_size(self) -> int:
         """Smallest side a JPEG may be draft-decoded to without losing needed pixels."""
+        if isinstance(self.resize_to, tuple):
+            return max(self.resize_to)
         return self.resize_to if self.resize == "shorter" else max(self.size)
 
     def __call__(self, img: Image.Image) -> np.ndarray:
@@ -83,12 +86,16 @@ class ImagePreprocess:
         h, w = self.size
         resample = _RESAMPLE[self.interpolation]
         if self.resize == "squash":
-            img = img.resize((w, h), resample)
+            rh, rw = self.resize_to if isinstance(self.resize_to, tuple) else (h, w)
+            nw, nh = max(w, rw), max(h, rh)
         else:
             iw, ih = img.size
-            scale = self.resize_to / min(iw, ih)
-            nw, nh = max(w, round(iw * scale)), max(h, round(ih * scale))
-            img = img.resize((nw, nh), resample, reducing_gap=3.0)
+            edge = self.resize_to if isinstance(self.resize_to, int) else min(self.resize_to)
+            scale = edge / min(iw, ih)
+            # truncate like transformers' image processors, so crops line up pixel for pixel
+            nw, nh = max(w, int(iw * scale)), max(h, int(ih * scale))
+        img = img.resize((nw, nh), resample)
+        if (nw, nh) != (w, h):
             left, top = (nw - w) // 2, (nh - h) // 2
             img = img.crop((left, top, left + w, top + h))
         x = np.asarray(img, dtype=np.float32)
@@ -276,14 +283,15 @@ def preprocess_from_hf(processor_config: dict[str, Any]) -> ImagePreprocess:
         elif cfg.get("crop_pct") and edge < 384:
             final = (edge, edge)
             resize_to = round(edge / float(cfg["crop_pct"]))
+        elif cfg.get("crop_pct"):  # ConvNeXt at >= 384 warps to a square, no crop
+            return ImagePreprocess((edge, edge), "squash", (edge, edge), mean, std, interpolation)
         else:
             final = (edge, edge)
             resize_to = edge
         return ImagePreprocess(final, "shorter", resize_to, mean, std, interpolation)
-    final = (int(size["height"]), int(size["width"]))
-    if crop:
-        final = (int(crop["height"]), int(crop["width"]))
-    return ImagePreprocess(final, "squash", max(final), mean, std, interpolation)
+    resized = (int(size["height"]), int(size["width"]))
+    final = (int(crop["height"]), int(crop["width"])) if crop else resized
+    return ImagePreprocess(final, "squash", resized, mean, std, interpolation)
 
 
 class HFImageEncoder(ImageEncoderBase):

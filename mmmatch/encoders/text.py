@@ -32,6 +32,7 @@ class SentenceTransformerEncoder:
         batch_size: texts per forward pass.
         max_seq_length: truncate inputs to this many tokens (``None``: the model's own).
         encoder_id: override the identity (the registry names its presets).
+        name: the name :meth:`config` reports (a preset name); defaults to ``name_or_path``.
 
     Attributes:
         modality: always ``"text"``.
@@ -48,10 +49,12 @@ class SentenceTransformerEncoder:
         batch_size: int = 64,
         max_seq_length: int | None = None,
         encoder_id: str | None = None,
+        name: str | None = None,
     ) -> None:
         from sentence_transformers import SentenceTransformer
 
         self.name_or_path = str(name_or_path)
+        self.name = name or self.name_or_path
         self.device = _pick_device(device)
         self.batch_size = batch_size
         with quiet_loading():
@@ -89,4 +92,4 @@ class SentenceTransformerEncoder:
 
     def config(self) -> dict[str, Any]:
         """What :func:`mmmatch.encoders.get_encoder` needs to rebuild this encoder."""
-        return {"name": self.name_or_path, "max_seq_length": self.max_seq_length}
+        return {"name": self.name, "max_seq_length": self.max_seq_length}
