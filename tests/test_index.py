@@ -1,0 +1,245 @@
+import json
+
+import numpy as np
+import pytest
+
+from mmmatch.exceptions import ConfigMismatchError
+from mmmatch.index import EmbeddingIndex, auto_factory
+
+
+def _data(n=60, d=8, seed=0):
+    rng = np.random.default_rng(seed)
+    return rng.normal(size=(n, d)).astype(np.float32), [f"item-{i}" for i in range(n)]
+
+
+def _brute(x, q, metric, k):
+    if metric == "cosine":
+        x = x / np.linalg.norm(x, axis=1, keepdims=True)
+        q = q / np.linalg.norm(q, axis=1, keepdims=True)
+    if metric == "l2":
+        scores = ((q[:, None, :] - x[None, :, :]) ** 2).sum(-1)
+        order = np.argsort(scores, axis=1, kind="stable")[:, :k]
+    else:
+        scores = q @ x.T
+        order = np.argsort(-scores, axis=1, kind="stable")[:, :k]
+    return np.take_along_axis(scores, order, axis=1), order
+
+
+@pytest.mark.parametrize("metric", ["cosine", "ip", "l2"])
+def test_flat_search_matches_numpy(metric):
+    x, ids = _data()
+    q = np.random.default_rng(1).normal(size=(7, 8)).astype(np.float32)
+    index = EmbeddingIndex(8, metric)
+    index.add(x, ids)
+    scores, found = index.search(q, k=5)
+    ref_scores, ref_order = _brute(x, q, metric, 5)
+    assert scores.dtype == np.float32 and found.dtype == object
+    assert found.tolist() == [[ids[j] for j in row] for row in ref_order]
+    np.testing.assert_allclose(scores, ref_scores, rtol=1e-4, atol=1e-4)
+    assert index._resolved_factory == "Flat"
+
+
+@pytest.mark.parametrize("metric", ["cosine", "l2"])
+def test_ivf_with_all_lists_probed_is_exact(metric):
+    x, ids = _data(n=640, d=8, seed=2)
+    q = np.random.default_rng(3).normal(size=(10, 8)).astype(np.float32)
+    index = EmbeddingIndex(8, metric, factory="IVF16,Flat", nprobe=16)
+    index.add(x, ids)
+    scores, found = index.search(q, k=6)
+    ref_scores, ref_order = _brute(x, q, metric, 6)
+    assert found.tolist() == [[ids[j] for j in row] for row in ref_order]
+    np.testing.assert_allclose(scores, ref_scores, rtol=1e-4, atol=1e-4)
+    assert index._resolved_factory == "IVF16,Flat"
+
+
+def test_ivf_save_load_keeps_nprobe(tmp_path):
+    x, ids = _data(n=640, d=8, seed=4)
+    index = EmbeddingIndex(8, "cosine", factory="IVF16,Flat", nprobe=16)
+    index.add(x, ids)
+    index.save(tmp_path / "ivf")
+    loaded = EmbeddingIndex.load(tmp_path / "ivf")
+    assert loaded.nprobe == 16
+    a, b = index.search(x[:5], 4), loaded.search(x[:5], 4)
+    np.testing.assert_array_equal(a[0], b[0])
+    assert a[1].tolist() == b[1].tolist()
+
+
+def test_reconstruct_on_ivf_index():
+    x, ids = _data(n=640, d=8, seed=5)
+    index = EmbeddingIndex(8, "cosine", factory="IVF16,Flat", nprobe=16)
+    index.add(x, ids)
+    got = index.reconstruct(["item-3", "item-7"])
+    np.testing.assert_allclose(got, x[[3, 7]] / np.linalg.norm(x[[3, 7]], axis=1, keepdims=True),
+                               atol=1e-6)
+
+
+def test_string_ids_and_bookkeeping():
+    x, _ = _data(n=4, d=3)
+    index = EmbeddingIndex(3, "ip")
+    index.add(x, [10, 11, "a b", "ü"])
+    assert len(index) == 4
+    assert index.ids == ["10", "11", "a b", "ü"]
+    assert 10 in index and "10" in index and "zz" not in index
+    np.testing.assert_allclose(index.reconstruct(["ü", "10"]), x[[3, 0]], atol=1e-6)
+    with pytest.raises(KeyError, match="zz"):
+        index.reconstruct(["zz"])
+
+
+def test_cosine_stores_normalised_vectors():
+    index = EmbeddingIndex(2, "cosine")
+    index.add([[3.0, 4.0]], ["a"])
+    np.testing.assert_allclose(index.reconstruct(["a"]), [[0.6, 0.8]], atol=1e-6)
+    scores, _ = index.search([[30.0, 40.0]], k=1)
+    np.testing.assert_allclose(scores, [[1.0]], atol=1e-6)
+
+
+def test_remove():
+    x, ids = _data(n=10, d=4)
+    index = EmbeddingIndex(4, "cosine")
+    index.add(x, ids)
+    assert index.remove(["item-0", "item-5", "unknown"]) == 2
+    assert index.remove(["item-0"]) == 0
+    assert len(index) == 8 and "item-5" not in index
+    _, found = index.search(x, k=8)
+    assert not ({"item-0", "item-5"} & set(found.ravel()))
+    assert found[1, 0] == "item-1"
+    index.add(x[:1], ["item-0"])  # may be added again after removal
+    assert index.search(x[:1], k=1)[1][0, 0] == "item-0"
+
+
+def test_padding_when_k_exceeds_size():
+    x, ids = _data(n=3, d=4)
+    for metric, worst in (("cosine", -np.inf), ("l2", np.inf)):
+        index = EmbeddingIndex(4, metric)
+        index.add(x, ids)
+        scores, found = index.search(x[:2], k=5)
+        assert found.shape == (2, 5)
+        assert all(v is None for v in found[:, 3:].ravel())
+        assert np.all(scores[:, 3:] == worst)
+        assert found[0, 0] == "item-0"
+
+
+def test_empty_index_search():
+    index = EmbeddingIndex(4)
+    scores, found = index.search(np.ones((2, 4)), k=3)
+    assert found.shape == (2, 3) and all(v is None for v in found.ravel())
+    assert np.all(scores == -np.inf)
+    assert index.reconstruct([]).shape == (0, 4)
+
+
+def test_add_errors():
+    x, ids = _data(n=3, d=4)
+    index = EmbeddingIndex(4)
+    with pytest.raises(ValueError, match="repeated"):
+        index.add(x, ["a", "b", "a"])
+    with pytest.raises(ValueError, match="3 vectors but 2 ids"):
+        index.add(x, ["a", "b"])
+    index.add(x, ids)
+    with pytest.raises(ValueError, match="already in the index"):
+        index.add(x[:1], ["item-1"])
+    assert len(index) == 3
+    with pytest.raises(ValueError) as info:
+        index.add(np.ones((2, 5), np.float32), ["p", "q"])
+    assert "4" in str(info.value) and "5" in str(info.value)
+    with pytest.raises(ValueError) as info:
+        index.search(np.ones((1, 7)), k=1)
+    assert "4" in str(info.value) and "7" in str(info.value)
+    with pytest.raises(ValueError, match="k must be"):
+        index.search(x, k=0)
+    with pytest.raises(ValueError, match="dim"):
+        EmbeddingIndex(0)
+    with pytest.raises(ValueError, match="cosine"):
+        EmbeddingIndex(4, "dot")
+
+
+def test_auto_factory():
+    assert auto_factory(10) == ("Flat", None)
+    assert auto_factory(199_999) == ("Flat", None)
+    assert auto_factory(1_000_000) == ("IVF4096,Flat", 256)
+    factory, nprobe = auto_factory(200_000)
+    assert factory == "IVF2048,Flat" and nprobe == 128
+
+
+def test_save_load_round_trip(tmp_path):
+    x, ids = _data(n=30, d=6, seed=7)
+    index = EmbeddingIndex(6, "cosine", metadata={"image_encoder": "enc@1"})
+    index.add(x, ids)
+    index.remove(["item-29"])
+    path = index.save(tmp_path / "idx")
+    assert sorted(p.name for p in path.iterdir()) == ["ids.parquet", "index.faiss",
+                                                      "manifest.json"]
+    manifest = json.loads((path / "manifest.json").read_text())
+    assert manifest["dim"] == 6 and manifest["count"] == 29 and manifest["metric"] == "cosine"
+    loaded = EmbeddingIndex.load(path, dim=6, metric="cosine",
+                                 metadata={"image_encoder": "enc@1"})
+    assert loaded.ids == index.ids and loaded.metadata == {"image_encoder": "enc@1"}
+    q = np.random.default_rng(8).normal(size=(5, 6)).astype(np.float32)
+    s1, f1 = index.search(q, 7)
+    s2, f2 = loaded.search(q, 7)
+    np.testing.assert_array_equal(s1, s2)
+    assert f1.tolist() == f2.tolist()
+    # adding after loading does not reuse internal ids
+    loaded.add(x[29:], ["new"])
+    assert loaded.search(x[29:], 1)[1][0, 0] == "new"
+    assert loaded.search(x[:1], 1)[1][0, 0] == "item-0"
+
+
+def test_save_load_empty_index(tmp_path):
+    EmbeddingIndex(3, "l2").save(tmp_path / "e")
+    loaded = EmbeddingIndex.load(tmp_path / "e")
+    assert len(loaded) == 0 and loaded.metric.value == "l2"
+    loaded.add(np.eye(3), ["a", "b", "c"])
+    assert loaded.search(np.eye(3)[:1], 1)[1][0, 0] == "a"
+
+
+def test_load_checks_expectations(tmp_path):
+    index = EmbeddingIndex(4, "cosine", metadata={"text_encoder": "minilm"})
+    index.add(np.eye(4), list("abcd"))
+    index.save(tmp_path / "idx")
+    with pytest.raises(ConfigMismatchError, match="dim=4, expected 8"):
+        EmbeddingIndex.load(tmp_path / "idx", dim=8)
+    with pytest.raises(ConfigMismatchError, match="metric='cosine', expected 'l2'"):
+        EmbeddingIndex.load(tmp_path / "idx", metric="l2")
+    with pytest.raises(ConfigMismatchError) as info:
+        EmbeddingIndex.load(tmp_path / "idx", metadata={"text_encoder": "other"})
+    assert "'minilm'" in str(info.value) and "'other'" in str(info.value)
+    with pytest.raises(ConfigMismatchError):
+        EmbeddingIndex.load(tmp_path / "idx", metadata={"image_encoder": "x"})
+    with pytest.raises(FileNotFoundError):
+        EmbeddingIndex.load(tmp_path / "nothing")
+
+
+def test_load_refuses_newer_format_and_inconsistent_files(tmp_path):
+    index = EmbeddingIndex(4)
+    index.add(np.eye(4), list("abcd"))
+    path = index.save(tmp_path / "idx")
+    manifest = json.loads((path / "manifest.json").read_text())
+    (path / "manifest.json").write_text(json.dumps({**manifest, "format_version": 99}))
+    with pytest.raises(ConfigMismatchError, match="newer"):
+        EmbeddingIndex.load(path)
+    (path / "manifest.json").write_text(json.dumps({**manifest, "dim": 5}))
+    with pytest.raises(ConfigMismatchError, match=r"index\.faiss has dim 4"):
+        EmbeddingIndex.load(path)
+
+
+def test_atomic_save_keeps_previous_index_when_writing_fails(tmp_path, monkeypatch):
+    import faiss
+
+    x, ids = _data(n=5, d=4)
+    index = EmbeddingIndex(4)
+    index.add(x, ids)
+    path = index.save(tmp_path / "idx")
+    before = {p.name: p.read_bytes() for p in path.iterdir()}
+
+    index.add(x[:1] + 1, ["extra"])
+
+    def broken_write(*args, **kwargs):
+        raise RuntimeError("disk full")
+
+    monkeypatch.setattr(faiss, "write_index", broken_write)
+    with pytest.raises(RuntimeError, match="disk full"):
+        index.save(path)
+    monkeypatch.undo()
+    assert {p.name: p.read_bytes() for p in path.iterdir()} == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["idx"]  # no temp folders left
+    assert len(EmbeddingIndex.load(path)) == 5
