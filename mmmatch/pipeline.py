@@ -23,7 +23,13 @@ import pandas as pd
 from mmmatch.cache import EmbeddingCache, default_cache_dir
 from mmmatch.catalogue import PROBLEM_COLUMNS, Catalogue, ColumnMap, load_catalogue
 from mmmatch.cluster import cluster_pairs
-from mmmatch.compare import EVIDENCE_COLUMNS, FusedLayout, ScoreWeights, compare_pairs
+from mmmatch.compare import (
+    EVIDENCE_COLUMNS,
+    SEARCH_WEIGHTS,
+    FusedLayout,
+    ScoreWeights,
+    compare_pairs,
+)
 from mmmatch.decide import apply_threshold
 from mmmatch.encode import EncodedCatalogue, OnBadImage, encode_catalogue
 from mmmatch.encoders import get_encoder
@@ -51,7 +57,10 @@ class Matcher:
     Args:
         image_encoder: preset name, Hugging Face id or folder; ``None`` ignores images.
         text_encoder: preset name, sentence-transformers id or folder; ``None`` ignores text.
-        weights: weight of the image, text-embedding and lexical signals in the score.
+        weights: weight of the image, text-embedding and lexical signals in the match score
+            (default :class:`~mmmatch.compare.ScoreWeights`).
+        search_weights: the same for searching a :class:`~mmmatch.search.SearchIndex` with
+            a photo and / or a typed title (default :data:`~mmmatch.compare.SEARCH_WEIGHTS`).
         lexical: add TF-IDF character n-gram and word evidence (and candidates) from the text.
         hubness: correct each signal for hubness (CSLS, see :mod:`mmmatch.hubness`) when
             matching and deduplicating; search scores stay raw.
@@ -78,6 +87,7 @@ class Matcher:
         image_encoder: str | None = "efficientnet-lite0",
         text_encoder: str | None = "minilm-l6",
         weights: ScoreWeights | None = None,
+        search_weights: ScoreWeights | None = None,
         lexical: bool = True,
         hubness: bool = True,
         hubness_k: int = 2,
@@ -92,6 +102,7 @@ class Matcher:
         self.image_encoder = image_encoder
         self.text_encoder = text_encoder
         self.weights = weights
+        self.search_weights = search_weights
         self.lexical = lexical
         self.hubness = hubness
         self.hubness_k = hubness_k
@@ -110,13 +121,21 @@ class Matcher:
         return self.weights or ScoreWeights()
 
     @property
-    def fusion_weights(self) -> FusionWeights:
-        """Dense retrieval weights: image vs. the text signals together."""
-        w = self.score_weights
+    def search_score_weights(self) -> ScoreWeights:
+        """The search weights in use (the default when none were given)."""
+        return self.search_weights or SEARCH_WEIGHTS
+
+    def fusion_weights_for(self, w: ScoreWeights) -> FusionWeights:
+        """Dense retrieval weights for score weights ``w``: image vs. the text signals."""
         text = w.text + (w.lexical + w.word if self.lexical else 0.0)
         if w.image + text <= 0:
             return FusionWeights()
         return FusionWeights(image=w.image, text=text)
+
+    @property
+    def fusion_weights(self) -> FusionWeights:
+        """Dense retrieval weights of matching: image vs. the text signals together."""
+        return self.fusion_weights_for(self.score_weights)
 
     def _cache(self) -> EmbeddingCache | None:
         if self.cache_dir is False:
@@ -177,9 +196,10 @@ class Matcher:
         )
         return le, re_, layout
 
-    def _fuse(self, encoded: EncodedCatalogue) -> np.ndarray:
+    def _fuse(self, encoded: EncodedCatalogue, weights: FusionWeights | None = None
+              ) -> np.ndarray:
         return fuse(encoded.image, encoded.image_ok, encoded.text, encoded.text_ok,
-                    self.fusion_weights)
+                    weights or self.fusion_weights)
 
     def candidates(
         self,

@@ -95,7 +95,7 @@ class SearchIndex:
             enc.image.shape[1] if enc.image is not None else 0,
             enc.text.shape[1] if enc.text is not None else 0,
         )
-        fused = matcher._fuse(enc)
+        fused = matcher._fuse(enc, matcher.fusion_weights_for(matcher.search_score_weights))
         image_enc, text_enc = matcher.encoders(layout.image_dim > 0, layout.text_dim > 0)
         metadata = {
             "image_encoder": image_enc.encoder_id if image_enc else None,
@@ -129,6 +129,7 @@ class SearchIndex:
             },
             "layout": {"image_dim": self.layout.image_dim, "text_dim": self.layout.text_dim},
             "weights": m.score_weights.to_dict(),
+            "search_weights": m.search_score_weights.to_dict(),
             "lexical": m.lexical,
             "lexical_params": {
                 name: model.get_params() for name, model in fit_lexical_signals(
@@ -185,7 +186,9 @@ class SearchIndex:
         matcher = Matcher(
             image_encoder=(m["image_encoder"] or {}).get("config", {}).get("name"),
             text_encoder=(m["text_encoder"] or {}).get("config", {}).get("name"),
-            weights=ScoreWeights(**m["weights"]), lexical=m["lexical"],
+            weights=ScoreWeights(**m["weights"]),
+            search_weights=ScoreWeights(**m.get("search_weights", m["weights"])),
+            lexical=m["lexical"],
             threshold=m["threshold"], device=device, **matcher_kwargs,
         )
         items = pd.read_parquet(path / "items.parquet")
@@ -201,7 +204,7 @@ class SearchIndex:
         if self._lexical is None:
             texts = self.items["_text"].tolist()
             models = fit_lexical_signals(
-                texts, word=self.matcher.score_weights.word > 0, min_df=1
+                texts, word=self.matcher.search_score_weights.word > 0, min_df=1
             )
             self._lexical = {name: (m, m.transform(texts)) for name, m in models.items()}
         return self._lexical
@@ -260,7 +263,8 @@ class SearchIndex:
             text_ok = np.array([t is not None for t in titles], dtype=bool)
             text = encode_texts([t or "" for t in titles], text_enc, cache)
             text[~text_ok] = 0.0
-        queries = fuse(image, image_ok, text, text_ok, self.matcher.fusion_weights)
+        weights = self.matcher.search_score_weights
+        queries = fuse(image, image_ok, text, text_ok, self.matcher.fusion_weights_for(weights))
         k = min(k, len(self)) or 1
         _, ids = self.index.search(queries, k)
         pos = pd.Index(self.items["_id"].astype(str))
@@ -290,7 +294,7 @@ class SearchIndex:
         item_vecs = self.index.reconstruct(self.items["_id"].astype(str).to_numpy()[ii])
         evidence = compare_pairs(
             queries, item_vecs, qi, np.arange(len(ii)), self.layout,
-            self.matcher.score_weights, sparse_sims,
+            weights, sparse_sims,
         )
         out = pd.DataFrame({"query": qi, "_pos": ii}).join(evidence)
         out = out.sort_values(["query", "score"], ascending=[True, False], kind="stable")

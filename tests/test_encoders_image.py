@@ -91,16 +91,18 @@ def _pictures(n, seed=0):
 
 def test_efficientnet_lite_preprocessing_constants(image_encoder):
     pre = image_encoder.preprocess
-    assert pre.size == (224, 224) and pre.resize == "shorter" and pre.resize_to == 224
+    assert pre.size == (224, 224) and pre.resize == "shorter" and pre.resize_to == 256
     np.testing.assert_allclose(pre.mean, [127 / 255] * 3)
     np.testing.assert_allclose(pre.std, [128 / 255] * 3)
 
 
 def test_efficientnet_lite_preprocessing_formula(image_encoder):
     rng = np.random.default_rng(0)
-    arr = (rng.random((224, 224, 3)) * 255).astype(np.uint8)
+    # 256 = 224 / 0.875: no resize, so the result is the centre crop, scaled
+    arr = (rng.random((256, 256, 3)) * 255).astype(np.uint8)
     x = image_encoder.preprocess(Image.fromarray(arr))
-    expected = (arr.astype(np.float32).transpose(2, 0, 1) - 127.0) / 128.0
+    crop = arr[16:240, 16:240]
+    expected = (crop.astype(np.float32).transpose(2, 0, 1) - 127.0) / 128.0
     np.testing.assert_allclose(x, expected, atol=1e-5)
 
 
@@ -271,3 +273,15 @@ def test_hf_clip_uses_projected_image_features(tmp_path):
         pooled = model.vision_model(pixel_values=pixels).pooler_output
         ref = torch.nn.functional.normalize(model.visual_projection(pooled), dim=1)
     np.testing.assert_allclose(out, ref.numpy(), atol=1e-5)
+
+
+def test_encoder_id_changes_with_preprocessing(image_encoder, monkeypatch):
+    """The id keys the embedding cache: other preprocessing must never reuse old vectors."""
+    import dataclasses
+
+    before = image_encoder.encoder_id
+    monkeypatch.setattr(
+        image_encoder, "preprocess", dataclasses.replace(image_encoder.preprocess, resize_to=224)
+    )
+    assert image_encoder.encoder_id != before
+    assert image_encoder.encoder_id.split("/")[0] == before.split("/")[0]  # same weights

@@ -108,8 +108,8 @@ def test_search_by_both(built, left, demo):
     res = built.search(image=str(demo.folder / query["image"]), title=query["name"], k=5)
     assert res[["image_sim", "text_sim", "lexical_sim"]].notna().all(axis=None)
     assert res["id"].iloc[0] == truth["left_id"]
-    # search scores are raw: the weighted mean of the evidence the pair has
-    w = built.matcher.score_weights.to_dict()
+    # search scores are raw: the weighted mean of the evidence, with the search weights
+    w = built.matcher.search_score_weights.to_dict()
     vals = res[[f"{n}_sim" for n in SIGNALS]].to_numpy(np.float64)
     ws = np.array([w[n] for n in SIGNALS])
     have = ~np.isnan(vals) & (ws > 0)
@@ -239,3 +239,14 @@ def test_title_search_tells_model_numbers_apart(embedding_cache_dir):
     res = index.search(title="sony nnsd797s", k=2).set_index("id")
     assert list(res.index) == ["a", "b"]
     assert res.loc["a", "lexical_sim"] > res.loc["b", "lexical_sim"] + 0.1
+
+
+def test_search_weights_are_saved_with_the_index(tmp_path, left):
+    from mmmatch import Matcher, ScoreWeights
+
+    weights = ScoreWeights(image=0.2, text=0.6, lexical=0.1, word=0.1)
+    matcher = Matcher(image_encoder=None, cache_dir=False, search_weights=weights)
+    SearchIndex.build(left[["id", "title"]], matcher).save(tmp_path / "ix")
+    loaded = SearchIndex.load(tmp_path / "ix")
+    assert loaded.matcher.search_score_weights == weights
+    assert loaded.matcher.score_weights == matcher.score_weights

