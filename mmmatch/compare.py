@@ -16,7 +16,8 @@ import numpy as np
 import pandas as pd
 
 __all__ = [
-    "EVIDENCE_COLUMNS", "SEARCH_WEIGHTS", "SIGNALS", "FusedLayout", "ScoreWeights", "compare_pairs",
+    "EVIDENCE_COLUMNS", "SEARCH_WEIGHTS", "SIGNALS", "TITLE_SEARCH_WEIGHTS", "FusedLayout",
+    "ScoreWeights", "compare_pairs",
 ]
 
 SIGNALS = ("image", "text", "lexical", "word")
@@ -53,8 +54,14 @@ class ScoreWeights:
         return asdict(self)
 
 
-SEARCH_WEIGHTS = ScoreWeights(image=0.5, text=0.35, lexical=0.1, word=0.05)
-"""Default weights of :class:`~mmmatch.search.SearchIndex` (photo + typed title queries)."""
+SEARCH_WEIGHTS = ScoreWeights(image=0.5, text=0.4, lexical=0.1, word=0.0)
+"""Default weights of :class:`~mmmatch.search.SearchIndex` for queries with a photo (and
+maybe a typed title); best on the Grocery Store val split (.709 top-1 with photo + title)."""
+
+TITLE_SEARCH_WEIGHTS = ScoreWeights(image=0.0, text=1.0, lexical=0.0, word=0.0)
+"""Default weights of :class:`~mmmatch.search.SearchIndex` for typed-title-only queries: on
+the Grocery Store val split the sentence embedding alone (.584 top-1) beats adding n-gram
+evidence (.564), which matches a generic typed word against every description."""
 
 
 @dataclass(frozen=True)

@@ -26,6 +26,7 @@ from mmmatch.cluster import cluster_pairs
 from mmmatch.compare import (
     EVIDENCE_COLUMNS,
     SEARCH_WEIGHTS,
+    TITLE_SEARCH_WEIGHTS,
     FusedLayout,
     ScoreWeights,
     compare_pairs,
@@ -60,7 +61,11 @@ class Matcher:
         weights: weight of the image, text-embedding and lexical signals in the match score
             (default :class:`~mmmatch.compare.ScoreWeights`).
         search_weights: the same for searching a :class:`~mmmatch.search.SearchIndex` with
-            a photo and / or a typed title (default :data:`~mmmatch.compare.SEARCH_WEIGHTS`).
+            a photo, and a typed title or not (default :data:`~mmmatch.compare.SEARCH_WEIGHTS`).
+        title_search_weights: the same for title-only searches of an index that has images
+            (default :data:`~mmmatch.compare.TITLE_SEARCH_WEIGHTS`); a text-only index
+            scores every query with ``search_weights``, keeping the n-gram evidence that
+            tells model numbers apart.
         lexical: add TF-IDF character n-gram and word evidence (and candidates) from the text.
         hubness: correct each signal for hubness (CSLS, see :mod:`mmmatch.hubness`) when
             matching and deduplicating; search scores stay raw.
@@ -88,6 +93,7 @@ class Matcher:
         text_encoder: str | None = "minilm-l6",
         weights: ScoreWeights | None = None,
         search_weights: ScoreWeights | None = None,
+        title_search_weights: ScoreWeights | None = None,
         lexical: bool = True,
         hubness: bool = True,
         hubness_k: int = 2,
@@ -103,6 +109,7 @@ class Matcher:
         self.text_encoder = text_encoder
         self.weights = weights
         self.search_weights = search_weights
+        self.title_search_weights = title_search_weights
         self.lexical = lexical
         self.hubness = hubness
         self.hubness_k = hubness_k
@@ -124,6 +131,11 @@ class Matcher:
     def search_score_weights(self) -> ScoreWeights:
         """The search weights in use (the default when none were given)."""
         return self.search_weights or SEARCH_WEIGHTS
+
+    @property
+    def title_search_score_weights(self) -> ScoreWeights:
+        """The title-only search weights in use (the default when none were given)."""
+        return self.title_search_weights or TITLE_SEARCH_WEIGHTS
 
     def fusion_weights_for(self, w: ScoreWeights) -> FusionWeights:
         """Dense retrieval weights for score weights ``w``: image vs. the text signals."""

@@ -130,6 +130,7 @@ class SearchIndex:
             "layout": {"image_dim": self.layout.image_dim, "text_dim": self.layout.text_dim},
             "weights": m.score_weights.to_dict(),
             "search_weights": m.search_score_weights.to_dict(),
+            "title_search_weights": m.title_search_score_weights.to_dict(),
             "lexical": m.lexical,
             "lexical_params": {
                 name: model.get_params() for name, model in fit_lexical_signals(
@@ -187,7 +188,8 @@ class SearchIndex:
             image_encoder=(m["image_encoder"] or {}).get("config", {}).get("name"),
             text_encoder=(m["text_encoder"] or {}).get("config", {}).get("name"),
             weights=ScoreWeights(**m["weights"]),
-            search_weights=ScoreWeights(**m.get("search_weights", m["weights"])),
+            search_weights=ScoreWeights(**m["search_weights"]),
+            title_search_weights=ScoreWeights(**m["title_search_weights"]),
             lexical=m["lexical"],
             threshold=m["threshold"], device=device, **matcher_kwargs,
         )
@@ -203,9 +205,7 @@ class SearchIndex:
         """Lexical models refitted on the items' texts (deterministic) and the items' vectors."""
         if self._lexical is None:
             texts = self.items["_text"].tolist()
-            models = fit_lexical_signals(
-                texts, word=self.matcher.search_score_weights.word > 0, min_df=1
-            )
+            models = fit_lexical_signals(texts, word=True, min_df=1)
             self._lexical = {name: (m, m.transform(texts)) for name, m in models.items()}
         return self._lexical
 
@@ -293,9 +293,16 @@ class SearchIndex:
                 sparse_sims[name] = sim
         item_vecs = self.index.reconstruct(self.items["_id"].astype(str).to_numpy()[ii])
         evidence = compare_pairs(
-            queries, item_vecs, qi, np.arange(len(ii)), self.layout,
-            weights, sparse_sims,
+            queries, item_vecs, qi, np.arange(len(ii)), self.layout, weights, sparse_sims
         )
+        title_only = ~image_ok[qi]
+        if title_only.any() and self.layout.image_dim:
+            rows = np.flatnonzero(title_only)
+            evidence.loc[rows, "score"] = compare_pairs(
+                queries, item_vecs[rows], qi[rows], np.arange(len(rows)), self.layout,
+                self.matcher.title_search_score_weights,
+                {name: sim[rows] for name, sim in sparse_sims.items()},
+            )["score"].to_numpy()
         out = pd.DataFrame({"query": qi, "_pos": ii}).join(evidence)
         out = out.sort_values(["query", "score"], ascending=[True, False], kind="stable")
         out["rank"] = (out.groupby("query").cumcount() + 1).astype(np.int32)

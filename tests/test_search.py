@@ -250,3 +250,16 @@ def test_search_weights_are_saved_with_the_index(tmp_path, left):
     loaded = SearchIndex.load(tmp_path / "ix")
     assert loaded.matcher.search_score_weights == weights
     assert loaded.matcher.score_weights == matcher.score_weights
+
+
+def test_title_only_queries_use_the_title_search_weights(built, left):
+    """With images in the index, a typed title alone is scored by its own weights (default:
+    the sentence-embedding cosine alone), while photo queries keep the search weights."""
+    res = built.search_batch(titles=[left["title"].iloc[2]], k=4)
+    w = built.matcher.title_search_score_weights.to_dict()
+    vals = res[[f"{n}_sim" for n in SIGNALS]].to_numpy(np.float64)
+    ws = np.array([w[n] for n in SIGNALS])
+    have = ~np.isnan(vals) & (ws > 0)
+    np.testing.assert_allclose(res["score"], (np.where(have, vals, 0) @ ws) / (have @ ws),
+                               atol=1e-5)
+    assert w != built.matcher.search_score_weights.to_dict()
