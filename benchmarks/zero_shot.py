@@ -91,7 +91,7 @@ def entity_matching(data_dir: str, name: str, cache: EmbeddingCache, hubness_k: 
     return out
 
 
-def throughput(data_dir: str, n_images: int = 256, n_titles: int = 4000) -> dict[str, float]:
+def throughput(data_dir: str, n_images: int = 512, n_titles: int = 4000) -> dict[str, float]:
     import torch
 
     out: dict[str, float] = {}

@@ -10,6 +10,10 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
+from mmmatch._blas import tune_openblas
+
+tune_openblas()  # before numpy / faiss load OpenBLAS: see mmmatch/_blas.py
+
 from mmmatch.catalogue import Catalogue, ColumnMap, load_catalogue
 from mmmatch.compare import ScoreWeights
 from mmmatch.encoders import get_encoder, list_encoders

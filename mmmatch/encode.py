@@ -121,7 +121,7 @@ def _prepare(
 ) -> np.ndarray | ImageError:
     try:
         img = decode_image(data, name, limits, draft_size=encoder.preprocess.draft_size)
-        return encoder.preprocess(img)
+        return encoder.preprocess.geometry(img)
     except ImageError as e:
         return e
     except Exception as e:
@@ -216,7 +216,7 @@ def encode_images(
                         pixels.append(result)
                         good.append(j)
                 if good:
-                    emb = encoder.encode_pixels(np.stack(pixels))
+                    emb = encoder.encode_pixels(encoder.preprocess.normalize(np.stack(pixels)))
                     for j, vec in zip(good, emb, strict=True):
                         out[by_key[todo[j]]] = vec
                         ok[by_key[todo[j]]] = True

@@ -91,6 +91,7 @@ class EmbeddingIndex:
         self._next = 0
         self._int_of: dict[str, int] = {}
         self._str_of: dict[int, str] = {}
+        self._table: np.ndarray | None = None  # int id -> str id, rebuilt after changes
 
     # -- building ---------------------------------------------------------------------------
     def _faiss_metric(self) -> int:
@@ -159,6 +160,7 @@ class EmbeddingIndex:
         ints = np.arange(self._next, self._next + len(ids), dtype=np.int64)
         self._index.add_with_ids(arr, ints)
         self._next += len(ids)
+        self._table = None
         for s, i in zip(ids, ints.tolist(), strict=True):
             self._int_of[s] = i
             self._str_of[i] = s
@@ -174,6 +176,7 @@ class EmbeddingIndex:
         ints = [self._int_of.pop(str(i)) for i in ids if str(i) in self._int_of]
         for i in ints:
             del self._str_of[i]
+        self._table = None
         if not ints or self._index is None:
             return 0
         return int(self._index.remove_ids(faiss.IDSelectorBatch(np.asarray(ints, np.int64))))
@@ -221,10 +224,11 @@ class EmbeddingIndex:
                 np.full((n, k), None, dtype=object),
             )
         scores, labels = self._index.search(q, k)
-        ids = np.full(labels.shape, None, dtype=object)
+        if self._table is None:
+            self._table = np.full(self._next + 1, None, dtype=object)  # last slot: padding
+            self._table[list(self._str_of)] = list(self._str_of.values())
         valid = labels >= 0
-        lookup = self._str_of
-        ids[valid] = [lookup[int(i)] for i in labels[valid]]
+        ids = self._table[np.where(valid, labels, self._next)]
         scores = np.where(valid, scores, self.metric.worst).astype(np.float32)
         return np.ascontiguousarray(scores), ids
 
@@ -319,6 +323,7 @@ class EmbeddingIndex:
         index._str_of = dict(zip(ints.tolist(), table["id"].astype(str).tolist(), strict=True))
         index._int_of = {s: i for i, s in index._str_of.items()}
         index._next = int(ints.max()) + 1 if len(ints) else 0
+        index._table = None
         if index._index is not None and index._index.ntotal != len(index._str_of):
             raise ConfigMismatchError(
                 f"{path}: index.faiss holds {index._index.ntotal} vectors but ids.parquet "

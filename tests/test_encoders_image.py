@@ -285,3 +285,21 @@ def test_encoder_id_changes_with_preprocessing(image_encoder, monkeypatch):
     )
     assert image_encoder.encoder_id != before
     assert image_encoder.encoder_id.split("/")[0] == before.split("/")[0]  # same weights
+
+
+def test_efficientnet_lite_fast_path_equals_eager_model(image_encoder):
+    """The frozen channels-last micro-batched graph must give the eager model's features."""
+    import torch
+
+    pixels = np.stack([image_encoder.preprocess(im) for im in _pictures(11, seed=3)])
+    fast = image_encoder.encode_pixels(pixels)
+    with torch.inference_mode():
+        eager = image_encoder.model.extract_features(torch.from_numpy(pixels)).mean(dim=(2, 3))
+    eager = torch.nn.functional.normalize(eager, dim=1).numpy()
+    np.testing.assert_allclose(fast, eager, atol=1e-4)
+
+
+def test_preprocess_halves_compose(image_encoder):
+    img = _pictures(1, seed=4)[0]
+    pre = image_encoder.preprocess
+    np.testing.assert_array_equal(pre(img), pre.normalize(pre.geometry(img)[None])[0])

@@ -12,6 +12,7 @@ import hashlib
 import io
 import json
 import threading
+import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -88,6 +89,24 @@ class ImagePreprocess:
         Returns:
             (3, H, W) float32 array.
         """
+        return self.normalize(self.geometry(img)[None])[0]
+
+    def normalize(self, pixels: np.ndarray) -> np.ndarray:
+        """Scale and normalise a batch of :meth:`geometry` outputs.
+
+        Args:
+            pixels: (n, H, W, 3) uint8.
+
+        Returns:
+            (n, 3, H, W) float32, C-contiguous.
+        """
+        mean = np.asarray(self.mean, dtype=np.float32) * 255.0
+        inv_std = 1.0 / (np.asarray(self.std, dtype=np.float32) * 255.0)
+        x = (pixels.astype(np.float32) - mean) * inv_std
+        return np.ascontiguousarray(x.transpose(0, 3, 1, 2))
+
+    def geometry(self, img: Image.Image) -> np.ndarray:
+        """Resize and crop one RGB image: (H, W, 3) uint8 (the cheap-to-ship half)."""
         h, w = self.size
         resample = _RESAMPLE[self.interpolation]
         if self.resize == "squash":
@@ -103,11 +122,7 @@ class ImagePreprocess:
         if (nw, nh) != (w, h):
             left, top = (nw - w) // 2, (nh - h) // 2
             img = img.crop((left, top, left + w, top + h))
-        x = np.asarray(img, dtype=np.float32)
-        mean = np.asarray(self.mean, dtype=np.float32) * 255.0
-        inv_std = 1.0 / (np.asarray(self.std, dtype=np.float32) * 255.0)
-        x = (x - mean) * inv_std
-        return np.ascontiguousarray(x.transpose(2, 0, 1))
+        return np.asarray(img, dtype=np.uint8)
 
 
 @contextlib.contextmanager
@@ -182,7 +197,7 @@ class ImageEncoderBase:
         for start in range(0, len(images), self.batch_size):
             chunk = images[start : start + self.batch_size]
             out[start : start + len(chunk)] = self.encode_pixels(
-                np.stack([self.preprocess(im) for im in chunk])
+                self.preprocess.normalize(np.stack([self.preprocess.geometry(im) for im in chunk]))
             )
         return out
 
@@ -227,6 +242,12 @@ class EfficientNetLiteEncoder(ImageEncoderBase):
         with contextlib.redirect_stdout(io.StringIO()):  # the package prints on load
             self.model = EfficientNet.from_pretrained(variant, weights_path=weights).eval()
         self.model.to(self.device)
+        if self.device == "cpu":
+            import torch
+
+            self.model.to(memory_format=torch.channels_last)
+        self._frozen: Any = None
+        self.micro_batch = 8
         self.dim = 1280
         self.weights_path = Path(weights)
         size = _LITE_SIZES[variant]
@@ -242,7 +263,40 @@ class EfficientNetLiteEncoder(ImageEncoderBase):
         return f"{self._weights_id}/{self.preprocess.fingerprint()}"
 
     def _forward(self, pixels: Any) -> Any:
-        return self.model.extract_features(pixels).mean(dim=(2, 3))
+        import torch
+
+        if self.device != "cpu":
+            return self.model.extract_features(pixels).mean(dim=(2, 3))
+        # On CPU, a frozen (batch-norm folded) channels-last graph run 8 images at a time is
+        # ~3x faster than eager NCHW at batch 32 (measured: 80-90 vs 27 images/s, 2 cores);
+        # outputs agree to 1e-5.
+        pixels = pixels.contiguous(memory_format=torch.channels_last)
+        if self._frozen is None:
+            self._frozen = self._freeze(pixels[: self.micro_batch])
+        return torch.cat([
+            self._frozen(pixels[i : i + self.micro_batch])
+            for i in range(0, len(pixels), self.micro_batch)
+        ])
+
+    def _freeze(self, example: Any) -> Any:
+        import torch
+
+        class _Features(torch.nn.Module):
+            def __init__(self, model: Any) -> None:
+                super().__init__()
+                self.model = model
+
+            def forward(self, x: Any) -> Any:
+                return self.model.extract_features(x).mean(dim=(2, 3))
+
+        features = _Features(self.model).eval()
+        try:  # torch.jit is deprecated in favour of torch.compile, which needs a compiler and
+            # minutes of warm-up here; keep the frozen graph while torch ships it
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", DeprecationWarning)
+                return torch.jit.freeze(torch.jit.trace(features, example))
+        except Exception:
+            return features
 
     def classify(self, pixels: np.ndarray) -> np.ndarray:
         """ImageNet class logits (n, 1000) for preprocessed images (a sanity check)."""
