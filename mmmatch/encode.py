@@ -135,6 +135,14 @@ def _read(ref: Any, base_dir: Path | None, limits: ImageLimits) -> bytes | Image
         return e
 
 
+def _embed_crops(encoder: Any, crops: np.ndarray) -> np.ndarray:
+    """Embed (n, H, W, 3) uint8 crops: ``encode_uint8`` when the encoder has it (no float
+    copy on this thread), else ``encode_pixels`` of the normalised batch."""
+    if hasattr(encoder, "encode_uint8"):
+        return encoder.encode_uint8(crops)
+    return encoder.encode_pixels(encoder.preprocess.normalize(crops))
+
+
 def _batched(items: list[int], size: int) -> Iterator[list[int]]:
     for start in range(0, len(items), size):
         yield items[start : start + size]
@@ -157,7 +165,8 @@ def encode_images(
 
     Args:
         refs: n image references (path, URL or bytes); ``None`` means "no image".
-        encoder: an image encoder (``preprocess``, ``encode_pixels``, ``dim``, ``batch_size``).
+        encoder: an image encoder (``preprocess``, ``encode_pixels`` or ``encode_uint8``,
+            ``dim``, ``batch_size``, ``encoder_id``).
         base_dir: folder relative paths are resolved against.
         cache: optional embedding cache (keyed by the encoded bytes' hash).
         limits: byte / pixel / timeout limits.
@@ -216,7 +225,7 @@ def encode_images(
                         pixels.append(result)
                         good.append(j)
                 if good:
-                    emb = encoder.encode_pixels(encoder.preprocess.normalize(np.stack(pixels)))
+                    emb = _embed_crops(encoder, np.stack(pixels))
                     for j, vec in zip(good, emb, strict=True):
                         out[by_key[todo[j]]] = vec
                         ok[by_key[todo[j]]] = True

@@ -177,7 +177,8 @@ class TinyImageEncoder:
 
 
 class Counting:
-    """Wraps a real encoder, counting ``encode`` / ``encode_pixels`` calls and items."""
+    """Wraps a real encoder, counting ``encode`` / ``encode_pixels`` / ``encode_uint8`` calls
+    and items."""
 
     def __init__(self, inner: Any) -> None:
         self._inner = inner
@@ -196,6 +197,11 @@ class Counting:
         self.calls += 1
         self.items += len(pixels)
         return self._inner.encode_pixels(pixels)
+
+    def encode_uint8(self, pixels: np.ndarray) -> np.ndarray:
+        self.calls += 1
+        self.items += len(pixels)
+        return self._inner.encode_uint8(pixels)
 
 
 @pytest.fixture

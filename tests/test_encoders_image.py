@@ -303,3 +303,10 @@ def test_preprocess_halves_compose(image_encoder):
     img = _pictures(1, seed=4)[0]
     pre = image_encoder.preprocess
     np.testing.assert_array_equal(pre(img), pre.normalize(pre.geometry(img)[None])[0])
+
+
+def test_encode_uint8_equals_encode_pixels(image_encoder):
+    pre = image_encoder.preprocess
+    crops = np.stack([pre.geometry(im) for im in _pictures(5, seed=5)])
+    np.testing.assert_allclose(image_encoder.encode_uint8(crops),
+                               image_encoder.encode_pixels(pre.normalize(crops)), atol=1e-5)
