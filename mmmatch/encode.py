@@ -8,6 +8,7 @@ in the catalogue's ``problems`` and handled as the caller chose (``on_bad_image`
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -155,7 +156,7 @@ def encode_images(
     cache: EmbeddingCache | None = None,
     limits: ImageLimits | None = None,
     show_progress: bool = False,
-    num_workers: int = 4,
+    num_workers: int | None = None,
     chunk_size: int = 512,
 ) -> tuple[np.ndarray, np.ndarray, dict[int, ImageError]]:
     """Read, decode and embed images; bad ones are returned, not raised.
@@ -171,7 +172,9 @@ def encode_images(
         cache: optional embedding cache (keyed by the encoded bytes' hash).
         limits: byte / pixel / timeout limits.
         show_progress: show a tqdm bar.
-        num_workers: reader / decoder threads.
+        num_workers: reader / decoder threads; default one per CPU core (more threads
+            only fight the model's threads for the cores: measured end-to-end / model-only
+            .82 with 4 workers vs .89-.94 with 2 on 2 cores).
         chunk_size: images in flight at once.
 
     Returns:
@@ -185,7 +188,7 @@ def encode_images(
     ok = np.zeros(n, dtype=bool)
     errors: dict[int, ImageError] = {}
     present = [i for i in range(n) if refs[i] is not None]
-    with ThreadPoolExecutor(max_workers=num_workers) as pool, _progress(
+    with ThreadPoolExecutor(max_workers=num_workers or os.cpu_count() or 2) as pool, _progress(
         len(present), "images", show_progress
     ) as bar:
         for chunk in _batched(present, chunk_size):
