@@ -31,6 +31,7 @@ def commit() -> str:
         head = subprocess.check_output(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT,
                                        text=True, stderr=subprocess.DEVNULL).strip()
         dirty = subprocess.call(["git", "diff", "--quiet", "HEAD", "--", "mmmatch", "benchmarks",
+                                 ":(exclude)benchmarks/results",
                                  "data_prep"], cwd=ROOT, stderr=subprocess.DEVNULL)
         return head + ("-dirty" if dirty else "")
     except (OSError, subprocess.CalledProcessError):
