@@ -11,6 +11,7 @@ CSLS-corrected before the mean; the ``*_sim`` evidence columns stay raw cosines.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -75,6 +76,14 @@ class FusedLayout:
 
     image_dim: int
     text_dim: int
+
+    @classmethod
+    def of(cls, encoded: Any) -> FusedLayout:
+        """The layout of an :class:`~mmmatch.encode.EncodedCatalogue`'s fused vectors."""
+        return cls(
+            encoded.image.shape[1] if encoded.image is not None else 0,
+            encoded.text.shape[1] if encoded.text is not None else 0,
+        )
 
     @property
     def dim(self) -> int:

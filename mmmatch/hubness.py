@@ -83,8 +83,7 @@ def sparse_neighbourhood(
     out = np.full(n, np.nan, dtype=np.float32)
     if n == 0 or kk == 0:
         return out
-    chunk = max(1, 64_000_000 // max(1, items.shape[0]))
-    scores, _ = LexicalModel.search(queries, items, kk, chunk)
+    scores, _ = LexicalModel.search(queries, items, kk)
     scores[~np.isfinite(scores)] = np.nan
     out[:] = _mean_top(scores, same and kk > 1)
     out[np.diff(queries.indptr) == 0] = np.nan

@@ -111,7 +111,7 @@ class LexicalModel:
 
     @staticmethod
     def search(
-        queries: sp.csr_matrix, items: sp.csr_matrix, k: int, chunk_size: int = 512
+        queries: sp.csr_matrix, items: sp.csr_matrix, k: int, chunk_size: int | None = None
     ) -> tuple[np.ndarray, np.ndarray]:
         """Top-``k`` items by cosine for each query row.
 
@@ -119,7 +119,8 @@ class LexicalModel:
             queries: (m, V) from :meth:`transform`.
             items: (n, V) from :meth:`transform`.
             k: neighbours per query.
-            chunk_size: queries multiplied at once (memory: chunk_size x n floats).
+            chunk_size: queries multiplied at once (memory: chunk_size x n floats); default
+                as many as keep that block near 64M floats (256 MB).
 
         Returns:
             ``(scores, positions)``: (m, k) float32 best first and (m, k) int64 item
@@ -131,6 +132,7 @@ class LexicalModel:
         positions = np.full((m, k), -1, dtype=np.int64)
         if kk == 0:
             return scores, positions
+        chunk_size = chunk_size or max(1, 64_000_000 // max(1, n))
         items_t = items.T.tocsc()
         for start in range(0, m, chunk_size):
             block = (queries[start : start + chunk_size] @ items_t).toarray()
@@ -145,11 +147,18 @@ class LexicalModel:
     def pair_similarity(
         left: sp.csr_matrix, right: sp.csr_matrix, li: np.ndarray, ri: np.ndarray
     ) -> np.ndarray:
-        """Cosine of row ``li[j]`` of ``left`` with row ``ri[j]`` of ``right``: (p,) float32."""
+        """Cosine of row ``li[j]`` of ``left`` with row ``ri[j]`` of ``right``: (p,) float32.
+
+        A pair where either row has no n-gram (an empty text) has no lexical evidence: NaN,
+        not 0, so the score leaves the signal out instead of counting it as a mismatch.
+        """
         if len(li) == 0:
             return np.empty(0, dtype=np.float32)
-        prod = left[np.asarray(li)].multiply(right[np.asarray(ri)])
-        return np.asarray(prod.sum(axis=1), dtype=np.float32).ravel()
+        li, ri = np.asarray(li), np.asarray(ri)
+        prod = left[li].multiply(right[ri])
+        sim = np.asarray(prod.sum(axis=1), dtype=np.float32).ravel()
+        sim[(np.diff(left.indptr)[li] == 0) | (np.diff(right.indptr)[ri] == 0)] = np.nan
+        return sim
 
 
 def fit_lexical_signals(

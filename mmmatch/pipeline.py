@@ -202,11 +202,7 @@ class Matcher:
             raise ValueError("nothing to compare: the encoders in use see no images or text")
         le = self.encode(left, use_images, use_text)
         re_ = le if right is left else self.encode(right, use_images, use_text)
-        layout = FusedLayout(
-            le.image.shape[1] if le.image is not None else 0,
-            le.text.shape[1] if le.text is not None else 0,
-        )
-        return le, re_, layout
+        return le, re_, FusedLayout.of(le)
 
     def _fuse(self, encoded: EncodedCatalogue, weights: FusionWeights | None = None
               ) -> np.ndarray:
@@ -233,7 +229,8 @@ class Matcher:
             plus ``left_pos, right_pos`` (row positions in the encoded catalogues).
         """
         k = k or self.k
-        lf, rf = self._fuse(left), self._fuse(right)
+        lf = self._fuse(left)
+        rf = lf if right is left else self._fuse(right)
         index = EmbeddingIndex(rf.shape[1], "cosine")
         index.add(rf, right.ids)
         query_sources = cand_sources = None
@@ -252,8 +249,7 @@ class Matcher:
         lexical = self._lexical(left, right, layout)
         if "lexical" in lexical:
             lex_l, lex_r = lexical["lexical"]
-            chunk = max(1, 64_000_000 // max(1, len(right)))
-            _, pos = LexicalModel.search(lex_l, lex_r, k + int(exclude_self), chunk)
+            _, pos = LexicalModel.search(lex_l, lex_r, k + int(exclude_self))
             ql = np.repeat(np.arange(len(left)), pos.shape[1])
             qr = pos.ravel()
             keep = qr >= 0
@@ -323,19 +319,15 @@ class Matcher:
         layout: FusedLayout,
         li: np.ndarray,
         ri: np.ndarray,
-        lf: np.ndarray | None = None,
-        rf: np.ndarray | None = None,
-        lexical: dict[str, tuple[Any, Any]] | None = None,
-        hub: dict[str, tuple[np.ndarray, np.ndarray]] | None = None,
+        lf: np.ndarray,
+        rf: np.ndarray,
+        lexical: dict[str, tuple[Any, Any]],
+        hub: dict[str, tuple[np.ndarray, np.ndarray]] | None,
     ) -> pd.DataFrame:
-        lf = self._fuse(left) if lf is None else lf
-        rf = self._fuse(right) if rf is None else rf
-        sparse_sims = {}
-        for name, (a, b) in (lexical or {}).items():
-            sim = LexicalModel.pair_similarity(a, b, li, ri)
-            empty = (np.diff(a.indptr)[li] == 0) | (np.diff(b.indptr)[ri] == 0)
-            sim[empty] = np.nan
-            sparse_sims[name] = sim
+        sparse_sims = {
+            name: LexicalModel.pair_similarity(a, b, li, ri)
+            for name, (a, b) in lexical.items()
+        }
         evidence = compare_pairs(
             lf, rf, li, ri, layout, self.score_weights, sparse_sims, hub
         )
@@ -437,7 +429,8 @@ class Matcher:
         li = pd.Index(le.ids).get_indexer(lid)
         ri = pd.Index(re_.ids).get_indexer(rid)
         usable = (li >= 0) & (ri >= 0)
-        lf, rf = self._fuse(le), self._fuse(re_)
+        lf = self._fuse(le)
+        rf = lf if re_ is le else self._fuse(re_)
         lexical = self._lexical(le, re_, layout)
         hub = self._hubness(le, re_, layout, lf, rf, lexical)
         evidence = self._compare(le, re_, layout, li[usable], ri[usable], lf, rf, lexical, hub)

@@ -91,10 +91,7 @@ class SearchIndex:
         has_images = any(im is not None for im in cat.images)
         enc = matcher.encode(cat, use_images=has_images and bool(matcher.image_encoder),
                              use_text=bool(matcher.text_encoder))
-        layout = FusedLayout(
-            enc.image.shape[1] if enc.image is not None else 0,
-            enc.text.shape[1] if enc.text is not None else 0,
-        )
+        layout = FusedLayout.of(enc)
         fused = matcher._fuse(enc, matcher.fusion_weights_for(matcher.search_score_weights))
         image_enc, text_enc = matcher.encoders(layout.image_dim > 0, layout.text_dim > 0)
         metadata = {
@@ -286,11 +283,9 @@ class SearchIndex:
             pairs = np.unique(np.stack([np.r_[qi, lq[ok]], np.r_[ii, lp[ok]]], 1), axis=0)
             qi, ii = pairs[:, 0], pairs[:, 1]
             for name, (_, items_lex) in lexical.items():
-                sim = LexicalModel.pair_similarity(queries_lex[name], items_lex, qi, ii)
-                empty = (np.diff(queries_lex[name].indptr)[qi] == 0) | (
-                    np.diff(items_lex.indptr)[ii] == 0)
-                sim[empty] = np.nan
-                sparse_sims[name] = sim
+                sparse_sims[name] = LexicalModel.pair_similarity(
+                    queries_lex[name], items_lex, qi, ii
+                )
         item_vecs = self.index.reconstruct(self.items["_id"].astype(str).to_numpy()[ii])
         evidence = compare_pairs(
             queries, item_vecs, qi, np.arange(len(ii)), self.layout, weights, sparse_sims

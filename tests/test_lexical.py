@@ -82,6 +82,12 @@ def test_pair_similarity_matches_dense(model):
     assert LexicalModel.pair_similarity(left, right, np.array([], int), np.array([], int)).size == 0
 
 
+def test_pair_similarity_of_an_empty_text_is_missing(model):
+    left, right = model.transform(["", TEXTS[0]]), model.transform([TEXTS[0]])
+    got = LexicalModel.pair_similarity(left, right, np.array([0, 1]), np.array([0, 0]))
+    assert np.isnan(got[0]) and got[1] == pytest.approx(1.0, abs=1e-6)
+
+
 def test_near_miss_model_numbers_are_apart(model):  # (min_df=1)
     x = model.transform(["Sony NNSD797S microwave", "Sony NNSD797S", "Sony NNSD767S"])
     sims = (x @ x.T).toarray()
