@@ -16,7 +16,7 @@ import scipy.sparse as sp
 
 from mmmatch._validation import check_is_fitted
 
-__all__ = ["LexicalModel", "fit_lexical_signals", "normalize_text"]
+__all__ = ["LexicalModel", "fit_lexical_signals", "lexical_signals", "normalize_text"]
 
 # "-" and "/" inside codes; "." too, except between digits (keep "1.5 l" apart from "15 l")
 _SEPARATORS = re.compile(
@@ -161,19 +161,23 @@ class LexicalModel:
         return sim
 
 
-def fit_lexical_signals(
-    corpus: Sequence[str], word: bool = True, min_df: int = 2
-) -> dict[str, LexicalModel]:
-    """The lexical signals fitted on a corpus: ``lexical`` (character 3-5-grams within word
+def lexical_signals(word: bool = True, min_df: int = 2) -> dict[str, LexicalModel]:
+    """The lexical signals, unfitted: ``lexical`` (character 3-5-grams within word
     boundaries) and, with ``word``, ``word`` (word uni- and bigrams).
 
     Args:
-        corpus: every text of the catalogues being compared.
-        word: also fit the word-level model.
+        word: include the word-level model.
         min_df: 2 when the corpus holds both sides of every pair (matching); 1 when queries
             come from outside it (search), where an n-gram seen once can still be shared.
     """
     models = {"lexical": LexicalModel(min_df=min_df)}
     if word:
         models["word"] = LexicalModel("word", ngram_range=(1, 2), min_df=min_df)
-    return {name: model.fit(corpus) for name, model in models.items()}
+    return models
+
+
+def fit_lexical_signals(
+    corpus: Sequence[str], word: bool = True, min_df: int = 2
+) -> dict[str, LexicalModel]:
+    """:func:`lexical_signals` fitted on ``corpus`` (every text being compared)."""
+    return {name: model.fit(corpus) for name, model in lexical_signals(word, min_df).items()}

@@ -26,11 +26,13 @@ from mmmatch.exceptions import ConfigMismatchError, MmmatchError
 from mmmatch.fusion import fuse
 from mmmatch.images import ImageLimits
 from mmmatch.index import EmbeddingIndex
-from mmmatch.lexical import LexicalModel, fit_lexical_signals
+from mmmatch.lexical import LexicalModel, fit_lexical_signals, lexical_signals
 
 __all__ = ["SearchIndex"]
 
 FORMAT_VERSION = 1
+# queries come from outside the indexed texts: keep n-grams seen once (model numbers)
+_SEARCH_LEXICAL = {"word": True, "min_df": 1}
 
 
 def _storable(df: pd.DataFrame) -> pd.DataFrame:
@@ -130,8 +132,9 @@ class SearchIndex:
             "title_search_weights": m.title_search_score_weights.to_dict(),
             "lexical": m.lexical,
             "lexical_params": {
-                name: model.get_params() for name, model in fit_lexical_signals(
-                    [""], word=m.score_weights.word > 0).items()},
+                name: model.get_params()
+                for name, model in lexical_signals(**_SEARCH_LEXICAL).items()
+            },
             "threshold": m.threshold,
             "count": len(self),
             "versions": self.index.manifest()["versions"],
@@ -202,7 +205,7 @@ class SearchIndex:
         """Lexical models refitted on the items' texts (deterministic) and the items' vectors."""
         if self._lexical is None:
             texts = self.items["_text"].tolist()
-            models = fit_lexical_signals(texts, word=True, min_df=1)
+            models = fit_lexical_signals(texts, **_SEARCH_LEXICAL)
             self._lexical = {name: (m, m.transform(texts)) for name, m in models.items()}
         return self._lexical
 
