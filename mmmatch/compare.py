@@ -18,7 +18,7 @@ import pandas as pd
 
 __all__ = [
     "EVIDENCE_COLUMNS", "SEARCH_WEIGHTS", "SIGNALS", "TITLE_SEARCH_WEIGHTS", "FusedLayout",
-    "ScoreWeights", "compare_pairs",
+    "ScoreWeights", "compare_pairs", "weighted_score",
 ]
 
 SIGNALS = ("image", "text", "lexical", "word")
@@ -154,21 +154,38 @@ def compare_pairs(
             sims[name][sl] = _part_cosine(lp[name], rp[name])
     for name, values in (sparse_sims or {}).items():
         sims[name] = np.asarray(values, dtype=np.float32)
+    if hubness:
+        adjusted = {
+            name: values - (hubness[name][0][li] + hubness[name][1][ri]) / 2
+            if name in hubness else values
+            for name, values in sims.items()
+        }
+    else:
+        adjusted = sims
+    out = pd.DataFrame({f"{name}_sim": values for name, values in sims.items()})
+    out["score"] = weighted_score(adjusted, weights)
+    return out
+
+
+def weighted_score(sims: dict[str, np.ndarray], weights: ScoreWeights) -> np.ndarray:
+    """Weighted mean of the signals each pair has (NaN entries are left out).
+
+    Args:
+        sims: signal name -> (p,) similarities (NaN where missing).
+        weights: the signal weights.
+
+    Returns:
+        (p,) float32; NaN for a pair with no weighted signal.
+    """
     w = weights.to_dict()
+    p = len(next(iter(sims.values()))) if sims else 0
     num = np.zeros(p, dtype=np.float64)
     den = np.zeros(p, dtype=np.float64)
     for name, values in sims.items():
         if w[name] == 0:
             continue
-        adjusted = values
-        if hubness and name in hubness:
-            r_left, r_right = hubness[name]
-            adjusted = values - (r_left[li] + r_right[ri]) / 2
-        have = ~np.isnan(adjusted)
-        num[have] += w[name] * adjusted[have]
+        have = ~np.isnan(values)
+        num[have] += w[name] * values[have]
         den[have] += w[name]
     with np.errstate(invalid="ignore", divide="ignore"):
-        score = np.where(den > 0, num / den, np.nan).astype(np.float32)
-    out = pd.DataFrame({f"{name}_sim": values for name, values in sims.items()})
-    out["score"] = score
-    return out
+        return np.where(den > 0, num / den, np.nan).astype(np.float32)

@@ -20,7 +20,14 @@ import pandas as pd
 from mmmatch._io import atomic_dir
 from mmmatch.cache import EmbeddingCache
 from mmmatch.catalogue import ColumnMap, load_catalogue
-from mmmatch.compare import EVIDENCE_COLUMNS, FusedLayout, ScoreWeights, compare_pairs
+from mmmatch.compare import (
+    EVIDENCE_COLUMNS,
+    SIGNALS,
+    FusedLayout,
+    ScoreWeights,
+    compare_pairs,
+    weighted_score,
+)
 from mmmatch.encode import encode_images, encode_texts
 from mmmatch.exceptions import ConfigMismatchError, MmmatchError
 from mmmatch.fusion import fuse
@@ -65,6 +72,8 @@ class SearchIndex:
         self.matcher = matcher
         self.index = index
         self.items = items.reset_index(drop=True)
+        self._ids = self.items["_id"].astype(str).to_numpy()  # item position -> id
+        self._positions = pd.Index(self._ids)  # id -> item position
         self.layout = layout
         self._lexical: dict[str, tuple[LexicalModel, Any]] | None = None
         self.problems = pd.DataFrame()
@@ -267,9 +276,8 @@ class SearchIndex:
         queries = fuse(image, image_ok, text, text_ok, self.matcher.fusion_weights_for(weights))
         k = min(k, len(self)) or 1
         _, ids = self.index.search(queries, k)
-        pos = pd.Index(self.items["_id"].astype(str))
         qi = np.repeat(np.arange(n), ids.shape[1])
-        ii = pos.get_indexer(ids.ravel())
+        ii = self._positions.get_indexer(ids.ravel())
         keep = ii >= 0
         qi, ii = qi[keep], ii[keep]
         sparse_sims: dict[str, np.ndarray] = {}
@@ -289,18 +297,17 @@ class SearchIndex:
                 sparse_sims[name] = LexicalModel.pair_similarity(
                     queries_lex[name], items_lex, qi, ii
                 )
-        item_vecs = self.index.reconstruct(self.items["_id"].astype(str).to_numpy()[ii])
+        item_vecs = self.index.reconstruct(self._ids[ii])
         evidence = compare_pairs(
             queries, item_vecs, qi, np.arange(len(ii)), self.layout, weights, sparse_sims
         )
         title_only = ~image_ok[qi]
-        if title_only.any() and self.layout.image_dim:
+        if title_only.any() and self.layout.image_dim:  # re-weight the same evidence
             rows = np.flatnonzero(title_only)
-            evidence.loc[rows, "score"] = compare_pairs(
-                queries, item_vecs[rows], qi[rows], np.arange(len(rows)), self.layout,
+            evidence.loc[rows, "score"] = weighted_score(
+                {name: evidence[f"{name}_sim"].to_numpy()[rows] for name in SIGNALS},
                 self.matcher.title_search_score_weights,
-                {name: sim[rows] for name, sim in sparse_sims.items()},
-            )["score"].to_numpy()
+            )
         out = pd.DataFrame({"query": qi, "_pos": ii}).join(evidence)
         out = out.sort_values(["query", "score"], ascending=[True, False], kind="stable")
         out["rank"] = (out.groupby("query").cumcount() + 1).astype(np.int32)
