@@ -265,7 +265,7 @@ class ImageAugment:
         total = total / total[2, 2]
         out = img.transform(
             (rw, rh), Image.Transform.PERSPECTIVE, tuple(total.ravel()[:8].tolist()),
-            resample=Image.Resampling.BICUBIC, fillcolor=_border_colour(img) if warped else None,
+            resample=Image.Resampling.BILINEAR, fillcolor=_border_colour(img) if warped else None,
         )
         if (rw, rh) != (ow, oh):
             out = out.resize((ow, oh), Image.Resampling.BICUBIC)
