@@ -77,7 +77,7 @@ def _report_problems(problems: pd.DataFrame, out: Path | None, quiet: bool) -> N
 
 def _matcher(args: argparse.Namespace) -> Any:
     from mmmatch.compare import ScoreWeights
-    from mmmatch.pipeline import DEFAULT_THRESHOLD, Matcher
+    from mmmatch.pipeline import Matcher
 
     weights = None
     if getattr(args, "weights", None):
@@ -86,7 +86,7 @@ def _matcher(args: argparse.Namespace) -> Any:
             weights = ScoreWeights(*w)
         except (ValueError, TypeError):
             raise MmmatchError(
-                f"--weights expects IMAGE,TEXT,LEXICAL,WORD numbers, got {args.weights!r}"
+                f"--weights expects IMAGE,TEXT,LEXICAL,WORD[,FUSED] numbers, got {args.weights!r}"
             ) from None
     return Matcher(
         image_encoder=None if args.no_images else args.image_encoder,
@@ -94,11 +94,12 @@ def _matcher(args: argparse.Namespace) -> Any:
         weights=weights,
         lexical=not args.no_lexical,
         k=args.k,
-        threshold=DEFAULT_THRESHOLD if args.threshold is None else args.threshold,
+        threshold=args.threshold,
         cache_dir=False if args.no_cache else args.cache_dir,
         device=args.device,
         on_bad_image=args.on_bad_image,
         show_progress=not args.quiet,
+        model=getattr(args, "model", None),
     )
 
 
@@ -108,6 +109,8 @@ def _add_matcher_options(p: argparse.ArgumentParser) -> None:
                    help="preset, Hugging Face id or folder (default: %(default)s)")
     g.add_argument("--text-encoder", default="minilm-l6",
                    help="preset, sentence-transformers id or folder (default: %(default)s)")
+    g.add_argument("--model", help="a trained model folder (mmmatch train); its encoders "
+                   "replace --image-encoder / --text-encoder")
     g.add_argument("--no-images", action="store_true", help="ignore images, match on text")
     g.add_argument("--no-lexical", action="store_true", help="no TF-IDF character n-grams")
     g.add_argument("--weights", help="score weights IMAGE,TEXT,LEXICAL,WORD "
@@ -141,7 +144,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
                      "lexical_sim", "word_sim"]].round(3).to_string(index=False))
     truth = set(map(tuple, data.truth[["left_id", "right_id"]].to_numpy()))
     s = pair_scores(set(zip(pairs["left_id"], pairs["right_id"], strict=True)), truth)
-    print(f"\n{len(pairs)} matches at threshold {matcher.threshold}: "
+    print(f"\n{len(pairs)} matches at threshold {matcher.decision_threshold}: "
           f"precision {s['precision']:.3f}, "
           f"recall {s['recall']:.3f}, F1 {s['f1']:.3f} against the {len(truth)} true pairs")
     print(f"All pairs with their evidence: {folder / 'matches.csv'}")
@@ -233,6 +236,35 @@ def cmd_embed(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_train(args: argparse.Namespace) -> int:
+    if args.model:
+        raise MmmatchError("train makes a model; --model is for match / dedupe / index")
+    matcher = _matcher(args)
+    label = None if args.no_labels else args.label_column
+    params = {k: v for k, v in {
+        "epochs": args.epochs, "dim": args.dim, "loss": args.loss, "p": args.products,
+        "k": args.per_product, "lr": args.lr, "patience": args.patience,
+        "checkpoint_dir": args.checkpoint_dir}.items() if v is not None}
+    if args.tune_text:
+        params["tune_text"] = True
+    start = time.perf_counter()
+    matcher.fit(args.catalogue, label_column=label, columns=parse_columns(args.columns),
+                valid_fraction=args.valid_fraction, mode=args.mode, freeze=args.freeze,
+                n_views=args.views, output=args.output, seed=args.seed, **params)
+    model = matcher.model_
+    if not args.quiet:
+        info = model.info
+        cal = info.get("calibration", {})
+        print(f"mmmatch: trained on {info['train_rows']} rows ({info['valid_rows']} held out) "
+              f"in {time.perf_counter() - start:.1f} s; best epoch {info['best_epoch']}, "
+              f"valid score {info['valid_score']}", file=sys.stderr)
+        if cal:
+            print(f"mmmatch: threshold {cal['threshold']:.4f} (best F1 {cal['valid_f1']:.3f} "
+                  f"on held-out products, fused weight {cal['fused_weight']})", file=sys.stderr)
+        print(f"mmmatch: model written to {args.output}", file=sys.stderr)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``mmmatch`` command."""
     parser = argparse.ArgumentParser(
@@ -291,6 +323,38 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", help="also write the results (.csv / .parquet)")
     p.add_argument("--device", help="torch device")
     p.set_defaults(func=cmd_search)
+
+    p = sub.add_parser("train", help="train a model on a labelled (or unlabelled) catalogue")
+    p.add_argument("catalogue", help="catalogue (.csv, .parquet, .jsonl) with a label column")
+    p.add_argument("-o", "--output", required=True, help="model folder (written atomically)")
+    p.add_argument("--label-column", default="label",
+                   help="column whose equal values are the same product (default: %(default)s)")
+    p.add_argument("--no-labels", action="store_true",
+                   help="train without labels: each row against augmented copies of itself")
+    p.add_argument("--columns", help=col_help)
+    p.add_argument("--mode", choices=["head", "finetune"], default="head",
+                   help="head: frozen encoders, cached embeddings (fast); finetune: also the "
+                   "top of the image backbone (default: %(default)s)")
+    p.add_argument("--freeze", default="last:5",
+                   help="finetune: 'last:N' blocks train, or 'none' (default: %(default)s)")
+    p.add_argument("--views", type=int, default=4,
+                   help="views per row: the original plus augmented copies (default: %(default)s)")
+    p.add_argument("--epochs", type=int, help="maximum epochs (default 40, stops early)")
+    p.add_argument("--dim", type=int, help="fused embedding width (default 256)")
+    p.add_argument("--loss", help="loss terms joined by '+' (default triplet+arcface; "
+                   "ntxent without labels)")
+    p.add_argument("--products", type=int, help="products per batch (default 16)")
+    p.add_argument("--per-product", type=int, help="examples per product in a batch (default 4)")
+    p.add_argument("--lr", type=float, help="learning rate (default 1e-3)")
+    p.add_argument("--patience", type=int, help="epochs without improvement before stopping")
+    p.add_argument("--valid-fraction", type=float, default=0.15,
+                   help="share of products held out for early stopping and the threshold")
+    p.add_argument("--checkpoint-dir", help="checkpoint every epoch here; rerun to resume")
+    p.add_argument("--tune-text", action="store_true",
+                   help="first fine-tune the text encoder on rows of one product")
+    p.add_argument("--seed", type=int, default=0)
+    _add_matcher_options(p)
+    p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("embed", help="write a catalogue's embeddings to .npz")
     p.add_argument("catalogue")

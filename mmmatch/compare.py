@@ -21,7 +21,7 @@ __all__ = [
     "ScoreWeights", "compare_pairs", "weighted_score",
 ]
 
-SIGNALS = ("image", "text", "lexical", "word")
+SIGNALS = ("image", "text", "lexical", "word", "fused")
 EVIDENCE_COLUMNS = [f"{name}_sim" for name in SIGNALS]
 
 
@@ -39,15 +39,18 @@ class ScoreWeights:
         text: text-embedding cosine.
         lexical: TF-IDF character n-gram cosine.
         word: TF-IDF word uni- and bigram cosine.
+        fused: cosine of the learned fused embeddings (a trained model only; see
+            :mod:`mmmatch.train`).
     """
 
     image: float = 0.5
     text: float = 0.05
     lexical: float = 0.3
     word: float = 0.15
+    fused: float = 0.0
 
     def __post_init__(self) -> None:
-        if min(self.image, self.text, self.lexical, self.word) < 0:
+        if min(self.image, self.text, self.lexical, self.word, self.fused) < 0:
             raise ValueError(f"score weights must be >= 0, got {self}")
 
     def to_dict(self) -> dict[str, float]:
@@ -67,28 +70,32 @@ evidence (.564), which matches a generic typed word against every description.""
 
 @dataclass(frozen=True)
 class FusedLayout:
-    """Where each modality sits inside a fused vector: image first, then text.
+    """Where each part sits inside a fused vector: image, text, then the learned embedding.
 
     Attributes:
         image_dim: width of the image part (0 without images).
         text_dim: width of the text part (0 without text).
+        learned_dim: width of the learned fused embedding (0 without a trained model).
     """
 
     image_dim: int
     text_dim: int
+    learned_dim: int = 0
 
     @classmethod
     def of(cls, encoded: Any) -> FusedLayout:
         """The layout of an :class:`~mmmatch.encode.EncodedCatalogue`'s fused vectors."""
+        learned = getattr(encoded, "learned", None)
         return cls(
             encoded.image.shape[1] if encoded.image is not None else 0,
             encoded.text.shape[1] if encoded.text is not None else 0,
+            learned.shape[1] if learned is not None else 0,
         )
 
     @property
     def dim(self) -> int:
         """Total width."""
-        return self.image_dim + self.text_dim
+        return self.image_dim + self.text_dim + self.learned_dim
 
     def parts(self, fused: np.ndarray) -> dict[str, np.ndarray]:
         """Split (n, dim) fused vectors into their non-empty modality parts."""
@@ -96,7 +103,9 @@ class FusedLayout:
         if self.image_dim:
             out["image"] = fused[:, : self.image_dim]
         if self.text_dim:
-            out["text"] = fused[:, self.image_dim :]
+            out["text"] = fused[:, self.image_dim : self.image_dim + self.text_dim]
+        if self.learned_dim:
+            out["fused"] = fused[:, self.image_dim + self.text_dim :]
         return out
 
 

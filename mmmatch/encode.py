@@ -40,6 +40,8 @@ class EncodedCatalogue:
         text: (n, d_text) float32 L2-normalised, zero rows where ``text_ok`` is False;
             ``None`` without a text encoder.
         text_ok: (n,) bool.
+        learned: (n, d) float32 L2-normalised embeddings of a trained fusion head, or
+            ``None`` (zero-shot).
     """
 
     catalogue: Catalogue
@@ -47,6 +49,7 @@ class EncodedCatalogue:
     image_ok: np.ndarray
     text: np.ndarray | None
     text_ok: np.ndarray
+    learned: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.catalogue)
@@ -64,6 +67,7 @@ class EncodedCatalogue:
             self.image_ok[rows],
             None if self.text is None else self.text[rows],
             self.text_ok[rows],
+            None if self.learned is None else self.learned[rows],
         )
 
 

@@ -14,6 +14,7 @@ Example:
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Any, Literal
 
@@ -39,6 +40,8 @@ from mmmatch.hubness import dense_neighbourhood, sparse_neighbourhood
 from mmmatch.images import ImageLimits
 from mmmatch.index import EmbeddingIndex
 from mmmatch.lexical import LexicalModel, fit_lexical_signals
+from mmmatch.metrics import best_f1_threshold
+from mmmatch.model import MatchModel
 from mmmatch.retrieve import retrieve_candidates
 
 __all__ = ["DEFAULT_THRESHOLD", "Matcher", "dedupe", "match"]
@@ -48,6 +51,8 @@ DEFAULT_THRESHOLD = 0.0
 closer than both items' typical nearest neighbours. The thresholds that maximise F1 on the
 Abt-Buy and Amazon-Google *valid* splits are -0.016 and -0.004. Without hubness correction
 scores are raw cosines and need a threshold of their own (calibrate on labelled pairs)."""
+
+_EVIDENCE_FLOOR = 1e-4
 
 PAIR_COLUMNS = ["left_id", "right_id", "score", *EVIDENCE_COLUMNS, "rank"]
 
@@ -73,7 +78,8 @@ class Matcher:
             and Amazon-Google valid splits, against 5; a catalogue where one product has
             many duplicates may want more, or ``hubness=False``).
         k: candidates retrieved per item.
-        threshold: pairs with ``score >= threshold`` are matches.
+        threshold: pairs with ``score >= threshold`` are matches (default: the model's
+            calibrated threshold, else :data:`DEFAULT_THRESHOLD`).
         cache_dir: embedding cache folder; ``None`` uses :func:`~mmmatch.cache.default_cache_dir`,
             ``False`` disables caching.
         device: torch device for the encoders (default CUDA when available).
@@ -81,6 +87,10 @@ class Matcher:
             :func:`~mmmatch.encode.encode_catalogue`).
         image_limits: byte / pixel / timeout limits for images.
         show_progress: show tqdm progress bars.
+        model: a trained model folder (see :mod:`mmmatch.model`) or
+            :class:`~mmmatch.model.MatchModel`: its encoders replace ``image_encoder`` /
+            ``text_encoder``, its learned embedding joins retrieval and the score (the
+            ``fused`` signal), and its weights and threshold apply unless given here.
 
     Example:
         >>> m = Matcher(image_encoder=None)  # doctest: +SKIP
@@ -98,12 +108,13 @@ class Matcher:
         hubness: bool = True,
         hubness_k: int = 2,
         k: int = 10,
-        threshold: float = DEFAULT_THRESHOLD,
+        threshold: float | None = None,
         cache_dir: str | Path | Literal[False] | None = None,
         device: str | None = None,
         on_bad_image: OnBadImage = "text_only",
         image_limits: ImageLimits | None = None,
         show_progress: bool = False,
+        model: str | Path | MatchModel | None = None,
     ) -> None:
         self.image_encoder = image_encoder
         self.text_encoder = text_encoder
@@ -120,29 +131,61 @@ class Matcher:
         self.on_bad_image = on_bad_image
         self.image_limits = image_limits
         self.show_progress = show_progress
+        self.model = model
 
     # -- stage helpers ----------------------------------------------------------------------
     @property
+    def trained(self) -> MatchModel | None:
+        """The trained model in use: fitted by :meth:`fit`, else loaded from ``model``."""
+        fitted = getattr(self, "model_", None)
+        if fitted is not None:
+            return fitted
+        if self.model is None:
+            return None
+        if not isinstance(self.model, MatchModel):
+            self.model = MatchModel.load(self.model, self.device)
+        return self.model
+
+    @property
+    def decision_threshold(self) -> float:
+        """The threshold in use: given, else the model's, else :data:`DEFAULT_THRESHOLD`."""
+        if self.threshold is not None:
+            return float(self.threshold)
+        model = self.trained
+        if model is not None and model.threshold is not None:
+            return float(model.threshold)
+        return DEFAULT_THRESHOLD
+
+    @property
     def score_weights(self) -> ScoreWeights:
-        """The score weights in use (the default when none were given)."""
-        return self.weights or ScoreWeights()
+        """The score weights in use (given, the model's, or the default)."""
+        model = self.trained
+        return self.weights or (model.score_weights if model else ScoreWeights())
 
     @property
     def search_score_weights(self) -> ScoreWeights:
-        """The search weights in use (the default when none were given)."""
-        return self.search_weights or SEARCH_WEIGHTS
+        """The search weights in use (given, the model's, or the default)."""
+        model = self.trained
+        return self.search_weights or (model.search_weights if model else SEARCH_WEIGHTS)
 
     @property
     def title_search_score_weights(self) -> ScoreWeights:
-        """The title-only search weights in use (the default when none were given)."""
-        return self.title_search_weights or TITLE_SEARCH_WEIGHTS
+        """The title-only search weights in use (given, the model's, or the default)."""
+        model = self.trained
+        return self.title_search_weights or (
+            model.search_weights if model else TITLE_SEARCH_WEIGHTS)
 
     def fusion_weights_for(self, w: ScoreWeights) -> FusionWeights:
-        """Dense retrieval weights for score weights ``w``: image vs. the text signals."""
+        """Dense retrieval weights for score weights ``w``: image vs. the text signals
+        (vs. the learned embedding, with a trained model)."""
         text = w.text + (w.lexical + w.word if self.lexical else 0.0)
-        if w.image + text <= 0:
+        learned = w.fused if self.trained is not None else 0.0
+        if w.image + text + learned <= 0:
             return FusionWeights()
-        return FusionWeights(image=w.image, text=text)
+        # a signal weighted 0 keeps a sliver of its part, so its evidence column (a cosine,
+        # blind to scale) is still reported; retrieval is unaffected at this size
+        return FusionWeights(image=max(w.image, _EVIDENCE_FLOOR), text=max(text, _EVIDENCE_FLOOR),
+                             learned=max(learned, _EVIDENCE_FLOOR) if self.trained else 0.0)
 
     @property
     def fusion_weights(self) -> FusionWeights:
@@ -156,6 +199,9 @@ class Matcher:
 
     def encoders(self, use_images: bool = True, use_text: bool = True) -> tuple[Any, Any]:
         """The (image, text) encoders, loaded on first use; ``None`` where not used."""
+        model = self.trained
+        if model is not None:
+            return model.encoders(self.device, use_images, use_text)
         image = get_encoder(self.image_encoder, "image", self.device) if (
             use_images and self.image_encoder) else None
         text = get_encoder(self.text_encoder, "text", self.device) if (
@@ -185,13 +231,17 @@ class Matcher:
         image, text = self.encoders(use_images, use_text)
         cache = self._cache()
         try:
-            return encode_catalogue(
+            encoded = encode_catalogue(
                 catalogue, image, text, cache, self.on_bad_image, self.image_limits,
                 self.show_progress,
             )
         finally:
             if cache is not None:
                 cache.close()
+        model = self.trained
+        if model is not None:
+            encoded.learned = model.embed_encoded(encoded)
+        return encoded
 
     def _encode_pair(
         self, left: Catalogue, right: Catalogue
@@ -207,7 +257,7 @@ class Matcher:
     def _fuse(self, encoded: EncodedCatalogue, weights: FusionWeights | None = None
               ) -> np.ndarray:
         return fuse(encoded.image, encoded.image_ok, encoded.text, encoded.text_ok,
-                    weights or self.fusion_weights)
+                    weights or self.fusion_weights, learned=encoded.learned)
 
     def candidates(
         self,
@@ -301,7 +351,8 @@ class Matcher:
         k, same = self.hubness_k, right is left
         hub: dict[str, tuple[np.ndarray, np.ndarray]] = {}
         lp, rp = layout.parts(lf), layout.parts(rf)
-        oks = {"image": (left.image_ok, right.image_ok), "text": (left.text_ok, right.text_ok)}
+        oks = {"image": (left.image_ok, right.image_ok), "text": (left.text_ok, right.text_ok),
+               "fused": (left.image_ok | left.text_ok, right.image_ok | right.text_ok)}
         for name in lp:
             (l_ok, r_ok), a, b = oks[name], lp[name], rp[name]
             r_left = dense_neighbourhood(a, l_ok, b, r_ok, k, same)
@@ -335,6 +386,102 @@ class Matcher:
         out = pd.concat([out, evidence], axis=1)
         out["left_pos"], out["right_pos"] = li, ri
         return out
+
+    # -- training ---------------------------------------------------------------------------
+    def fit(
+        self,
+        data: Any,
+        label_column: str | None = "label",
+        columns: ColumnMap | dict | None = None,
+        *,
+        valid_fraction: float = 0.15,
+        mode: Literal["head", "finetune"] = "head",
+        freeze: str = "last:5",
+        n_views: int = 4,
+        output: str | Path | None = None,
+        seed: int = 0,
+        **fusion_params: Any,
+    ) -> Matcher:
+        """Train a model on a labelled catalogue (or an unlabelled one) and use it.
+
+        Rows sharing a label are the same product. Whole products are held out for
+        validation: training stops early on them, and then the score weights and the
+        threshold that give the best F1 on them are chosen. The trained model is
+        ``self.model_`` (and written to ``output`` when given).
+
+        Args:
+            data: DataFrame, file path or :class:`~mmmatch.catalogue.Catalogue`.
+            label_column: the column with product ids; ``None`` trains without labels
+                (each row against augmented copies of itself, NT-Xent).
+            columns: column mapping of the other roles.
+            valid_fraction: share of products held out for validation.
+            mode: ``"head"`` (encoders frozen: fast, the default) or ``"finetune"``
+                (also the top of the image backbone).
+            freeze: freeze policy of ``"finetune"`` (``"last:N"``, ``"none"``).
+            n_views: views per training row (the original plus augmented copies).
+            output: folder to save the model in.
+            seed: seed of everything random.
+            **fusion_params: :class:`~mmmatch.train.LearnedFusion` parameters (``epochs``,
+                ``dim``, ``loss``, ``p``, ``k``, ``lr``...).
+
+        Returns:
+            ``self``.
+        """
+        from mmmatch.train import train_model
+
+        if isinstance(data, Catalogue):
+            cat = data
+        else:
+            cmap = columns if isinstance(columns, ColumnMap) else ColumnMap(**(columns or {}))
+            if label_column is not None:
+                cmap = dataclasses.replace(cmap, label=label_column)
+            cat = load_catalogue(data, cmap)
+        cache = self._cache()
+        try:
+            model, (_, valid_rows) = train_model(
+                cat, self.image_encoder, self.text_encoder,
+                supervised=label_column is not None, valid_fraction=valid_fraction, mode=mode,
+                freeze=freeze, n_views=n_views, cache=cache, device=self.device, seed=seed,
+                show_progress=self.show_progress, **fusion_params)
+        finally:
+            if cache is not None:
+                cache.close()
+        self.model_ = model
+        if label_column is not None and len(valid_rows):
+            self._calibrate(cat.subset(valid_rows))
+        if output is not None:
+            model.save(output)
+            model.path = Path(output)
+        return self
+
+    def _calibrate(self, valid: Catalogue) -> None:
+        """Pick the score weights and threshold with the best F1 on held-out products."""
+        model = self.model_
+        labels = np.asarray(valid.labels).astype(str)
+        counts = np.unique(labels, return_counts=True)[1]
+        positives = int((counts * (counts - 1)).sum())  # ordered pairs, as retrieved
+        if positives == 0:
+            return
+        enc, _, layout = self._encode_pair(valid, valid)
+        base, given = ScoreWeights(), self.weights
+        best: tuple[float, float, ScoreWeights] | None = None
+        try:
+            for f in (1.0, 0.8, 0.6, 0.4):
+                w = ScoreWeights(image=base.image * (1 - f), text=base.text * (1 - f),
+                                 lexical=base.lexical * (1 - f), word=base.word * (1 - f),
+                                 fused=f)
+                self.weights = w
+                pairs = self.candidates(enc, enc, layout, exclude_self=True)
+                y = labels[pairs["left_pos"]] == labels[pairs["right_pos"]]
+                threshold, f1 = best_f1_threshold(pairs["score"].to_numpy(), y, positives)
+                if best is None or f1 > best[1]:
+                    best = (threshold, f1, w)
+        finally:
+            self.weights = given
+        assert best is not None
+        model.threshold, model.score_weights = best[0], best[2]
+        model.info["calibration"] = {"valid_f1": best[1], "threshold": best[0],
+                                     "fused_weight": best[2].fused, "valid_rows": len(valid)}
 
     # -- user-level operations --------------------------------------------------------------
     def match(
@@ -373,7 +520,7 @@ class Matcher:
         rc = load_catalogue(right, right_columns, name="right")
         le, re_, layout = self._encode_pair(lc, rc)
         pairs = self.candidates(le, re_, layout)
-        pairs = apply_threshold(pairs, self.threshold if threshold is None else threshold)
+        pairs = apply_threshold(pairs, self.decision_threshold if threshold is None else threshold)
         if not all_candidates:
             pairs = pairs[pairs["is_match"]]
         ldata = le.catalogue.data.add_suffix(suffixes[0])
@@ -466,7 +613,7 @@ class Matcher:
         cat = load_catalogue(catalogue, columns)
         enc, _, layout = self._encode_pair(cat, cat)
         pairs = self.candidates(enc, enc, layout, exclude_self=True, cross_source=cross_source)
-        pairs = apply_threshold(pairs, self.threshold if threshold is None else threshold)
+        pairs = apply_threshold(pairs, self.decision_threshold if threshold is None else threshold)
         matched = pairs[pairs["is_match"]]
         clusters = cluster_pairs(matched, cat.ids, "left_id", "right_id")
         out = cat.data.copy()

@@ -135,7 +135,9 @@ class SearchIndex:
                 "config": text_enc.config(), "encoder_id": text_enc.encoder_id,
                 "dim": text_enc.dim,
             },
-            "layout": {"image_dim": self.layout.image_dim, "text_dim": self.layout.text_dim},
+            "layout": {"image_dim": self.layout.image_dim, "text_dim": self.layout.text_dim,
+                       "learned_dim": self.layout.learned_dim},
+            "model": "model" if m.trained is not None else None,
             "weights": m.score_weights.to_dict(),
             "search_weights": m.search_score_weights.to_dict(),
             "title_search_weights": m.title_search_score_weights.to_dict(),
@@ -144,7 +146,7 @@ class SearchIndex:
                 name: model.get_params()
                 for name, model in lexical_signals(**_SEARCH_LEXICAL).items()
             },
-            "threshold": m.threshold,
+            "threshold": m.decision_threshold,
             "count": len(self),
             "versions": self.index.manifest()["versions"],
         }
@@ -156,6 +158,9 @@ class SearchIndex:
             (tmp / "vectors").mkdir()
             self.index.save_into(tmp / "vectors")
             _storable(self.items).to_parquet(tmp / "items.parquet", index=False)
+            model = self.matcher.trained
+            if model is not None:  # the index travels with the model that embedded it
+                model.save(tmp / "model")
         return Path(path)
 
     @classmethod
@@ -182,7 +187,7 @@ class SearchIndex:
             raise ConfigMismatchError(f"{path}: written by a newer mmmatch; upgrade to read it")
         for role in ("image_encoder", "text_encoder"):
             saved = m[role]
-            if saved is None:
+            if saved is None or m.get("model"):  # a model checks its own encoders on load
                 continue
             extra = {k: v for k, v in saved["config"].items() if k != "name"}
             encoder = get_encoder(saved["config"]["name"], role.split("_")[0], device, **extra)
@@ -192,6 +197,11 @@ class SearchIndex:
                     f"{encoder.encoder_id!r} ({encoder.dim}-d) is installed; rebuild the index"
                 )
         layout = FusedLayout(**m["layout"])
+        model = None
+        if m.get("model"):
+            from mmmatch.model import MatchModel
+
+            model = MatchModel.load(path / m["model"], device)
         index = EmbeddingIndex.load(path / "vectors", dim=layout.dim, metric="cosine")
         matcher = Matcher(
             image_encoder=(m["image_encoder"] or {}).get("config", {}).get("name"),
@@ -200,7 +210,7 @@ class SearchIndex:
             search_weights=ScoreWeights(**m["search_weights"]),
             title_search_weights=ScoreWeights(**m["title_search_weights"]),
             lexical=m["lexical"],
-            threshold=m["threshold"], device=device, **matcher_kwargs,
+            threshold=m["threshold"], device=device, model=model, **matcher_kwargs,
         )
         items = pd.read_parquet(path / "items.parquet")
         if len(items) != len(index):
@@ -273,7 +283,12 @@ class SearchIndex:
             text = encode_texts([t or "" for t in titles], text_enc, cache)
             text[~text_ok] = 0.0
         weights = self.matcher.search_score_weights
-        queries = fuse(image, image_ok, text, text_ok, self.matcher.fusion_weights_for(weights))
+        learned = None
+        model = self.matcher.trained
+        if model is not None:
+            learned = model.embed(image, image_ok, text, text_ok)
+        queries = fuse(image, image_ok, text, text_ok, self.matcher.fusion_weights_for(weights),
+                       learned=learned)
         k = min(k, len(self)) or 1
         _, ids = self.index.search(queries, k)
         qi = np.repeat(np.arange(n), ids.shape[1])

@@ -18,7 +18,9 @@ def _cos(a, b):
 
 def _weighted_mean(columns: dict[str, np.ndarray], weights: ScoreWeights) -> np.ndarray:
     w = weights.to_dict()
-    vals = np.stack([columns[name] for name in SIGNALS], axis=1).astype(np.float64)
+    n = len(next(iter(columns.values())))
+    vals = np.stack([columns.get(name, np.full(n, np.nan)) for name in SIGNALS],
+                    axis=1).astype(np.float64)
     ws = np.array([w[name] for name in SIGNALS])
     have = ~np.isnan(vals) & (ws > 0)
     num = np.where(have, vals, 0) @ ws
@@ -151,3 +153,20 @@ def test_empty_pairs():
     x = _unit(2, 4, 0)
     out = compare_pairs(x, x, [], [], FusedLayout(2, 2))
     assert len(out) == 0 and list(out.columns) == [*EVIDENCE_COLUMNS, "score"]
+
+
+def test_learned_part_is_its_own_signal():
+    img, txt, learned = _unit(5, 4, 10), _unit(5, 3, 11), _unit(5, 6, 12)
+    ok = np.ones(5, bool)
+    w = FusionWeights(0.3, 0.3, learned=0.4)
+    fused = fuse(img, ok, txt, ok, w, learned=learned)
+    layout = FusedLayout(4, 3, 6)
+    assert fused.shape == (5, 13) and layout.dim == 13
+    li, ri = np.array([0, 1, 2]), np.array([3, 4, 0])
+    out = compare_pairs(fused, fused, li, ri, layout, ScoreWeights(0, 0, 0, 0, fused=1.0))
+    np.testing.assert_allclose(out["fused_sim"], _cos(learned[li], learned[ri]), atol=1e-5)
+    np.testing.assert_allclose(out["score"], out["fused_sim"], atol=1e-6)
+    # complete rows: the inner product of fused vectors is the weighted sum of the cosines
+    expect = 0.3 * _cos(img[li], img[ri]) + 0.3 * _cos(txt[li], txt[ri]) + 0.4 * _cos(
+        learned[li], learned[ri])
+    np.testing.assert_allclose(np.sum(fused[li] * fused[ri], axis=1), expect, atol=1e-5)

@@ -81,7 +81,7 @@ def test_threshold_selects_exactly_the_candidates_above_it(matcher, demo, all_ca
         sorted(zip(expected["left_id"], expected["right_id"], strict=True))
     assert inner["is_match"].all()
     np.testing.assert_array_equal(
-        all_candidates["is_match"], all_candidates["score"] >= matcher.threshold)
+        all_candidates["is_match"], all_candidates["score"] >= matcher.decision_threshold)
     none = matcher.match(demo.left, demo.right, right_columns=RIGHT, threshold=10.0)
     assert len(none) == 0 and "score" in none.columns
     unmatched = matcher.match(demo.left, demo.right, right_columns=RIGHT, threshold=10.0,
@@ -106,7 +106,7 @@ def test_true_pairs_rank_first(all_candidates, demo):
 
 def test_default_matcher_matches_the_demo_at_its_default_threshold(matcher, demo):
     pairs = matcher.match(demo.left, demo.right, right_columns=RIGHT)
-    assert matcher.threshold == DEFAULT_THRESHOLD
+    assert matcher.decision_threshold == DEFAULT_THRESHOLD
     assert pairs["is_match"].all() and (pairs["score"] >= DEFAULT_THRESHOLD).all()
     scores = pair_scores(zip(pairs["left_id"], pairs["right_id"], strict=True),
                          zip(demo.truth["left_id"], demo.truth["right_id"], strict=True))
@@ -125,7 +125,9 @@ def test_all_candidates_ranks(all_candidates, matcher):
 
 def test_raw_score_is_the_weighted_mean_of_the_evidence(raw_matcher, demo):
     out = raw_matcher.match(demo.left, demo.right, right_columns=RIGHT, all_candidates=True)
-    assert out[EVIDENCE_COLUMNS].notna().all(axis=None)
+    zero_shot = [c for c in EVIDENCE_COLUMNS if c != "fused_sim"]
+    assert out[zero_shot].notna().all(axis=None)
+    assert out["fused_sim"].isna().all()  # no trained model, no learned signal
     np.testing.assert_allclose(out["score"], _weighted_mean(out, raw_matcher.score_weights),
                                atol=1e-5)
 

@@ -67,7 +67,8 @@ def test_saved_folder(saved):
                                                        "vectors"]
     manifest = json.loads((saved / "manifest.json").read_text())
     assert manifest["kind"] == "mmmatch.SearchIndex" and manifest["count"] == 8
-    assert manifest["layout"] == {"image_dim": 1280, "text_dim": 384}
+    assert manifest["layout"] == {"image_dim": 1280, "text_dim": 384, "learned_dim": 0}
+    assert manifest["model"] is None
     assert manifest["image_encoder"]["preprocess"]["mean"] == [127 / 255] * 3
     assert manifest["text_encoder"]["dim"] == 384
 

