@@ -30,10 +30,10 @@ def commit() -> str:
     try:
         head = subprocess.check_output(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT,
                                        text=True, stderr=subprocess.DEVNULL).strip()
-        dirty = subprocess.call(["git", "diff", "--quiet", "HEAD", "--", "mmmatch", "benchmarks",
-                                 ":(exclude)benchmarks/results",
-                                 "data_prep"], cwd=ROOT, stderr=subprocess.DEVNULL)
-        return head + ("-dirty" if dirty else "")
+        status = subprocess.check_output(
+            ["git", "status", "--porcelain", "--", "mmmatch", "benchmarks", "data_prep",
+             ":(exclude)benchmarks/results"], cwd=ROOT, text=True, stderr=subprocess.DEVNULL)
+        return head + ("-dirty" if status.strip() else "")  # untracked code counts too
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
 
