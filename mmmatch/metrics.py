@@ -167,6 +167,7 @@ def neighbour_labels(
     if exclude_self and len(q) != len(r):
         raise ValueError("exclude_self needs the queries to be the references (n == m)")
     available = len(r) - int(exclude_self)
+    k = int(k)
     if not 1 <= k <= available:
         raise ValueError(f"k must be in [1, {available}], got {k}")
     if metric == "cosine":
@@ -179,8 +180,8 @@ def neighbour_labels(
         index = faiss.IndexFlatL2(r.shape[1])
     else:
         raise ValueError(f"metric must be 'cosine', 'ip' or 'l2', got {metric!r}")
-    index.add(np.ascontiguousarray(r))
-    _, idx = index.search(np.ascontiguousarray(q), k + int(exclude_self))
+    index.add(np.ascontiguousarray(r, dtype=np.float32))
+    _, idx = index.search(np.ascontiguousarray(q, dtype=np.float32), k + int(exclude_self))
     if exclude_self:
         own = idx == np.arange(len(q))[:, None]
         # drop the own row where found, else the last (the own row tied further down)
