@@ -103,6 +103,14 @@ def split_backbone(encoder: Any, policy: str) -> tuple[TrunkEncoder, LiteTop]:
     return TrunkEncoder(encoder, top.offset), top
 
 
+def _trunk_forward(model: Any, n_frozen: int, x: torch.Tensor) -> torch.Tensor:
+    """Stem and the first ``n_frozen`` blocks of an EfficientNet-Lite (no drop-connect)."""
+    x = model._swish(model._bn0(model._conv_stem(x)))
+    for block in list(model._blocks)[:n_frozen]:
+        x = block(x, drop_connect_rate=None)
+    return x
+
+
 class TrunkEncoder:
     """Runs the frozen part of an EfficientNet-Lite: images -> flattened feature maps.
 
@@ -128,11 +136,7 @@ class TrunkEncoder:
         self.encoder_id = f"{encoder.encoder_id}|trunk{n_frozen}"
 
     def _run(self, x: torch.Tensor) -> torch.Tensor:
-        m = self.model
-        x = m._swish(m._bn0(m._conv_stem(x)))
-        for block in list(m._blocks)[: self.n_frozen]:
-            x = block(x, drop_connect_rate=None)
-        return x
+        return _trunk_forward(self.model, self.n_frozen, x)
 
     def _forward(self, x: torch.Tensor) -> torch.Tensor:
         """Trunk of a normalised batch; on CPU a frozen channels-last graph run 8 images at
@@ -158,11 +162,7 @@ class TrunkEncoder:
                 self.model.to(memory_format=torch.channels_last)
 
             def forward(self, x: torch.Tensor) -> torch.Tensor:
-                m = self.model
-                x = m._swish(m._bn0(m._conv_stem(x)))
-                for block in list(m._blocks)[: trunk.n_frozen]:
-                    x = block(x, drop_connect_rate=None)
-                return x
+                return _trunk_forward(self.model, trunk.n_frozen, x)
 
         module = _Trunk().eval()
         try:

@@ -2,6 +2,7 @@
 
 import numpy as np
 import pytest
+from conftest import draw_image
 from PIL import Image, ImageDraw
 
 from mmmatch.encoders import HFImageEncoder, get_encoder
@@ -310,3 +311,40 @@ def test_encode_uint8_equals_encode_pixels(image_encoder):
     crops = np.stack([pre.geometry(im) for im in _pictures(5, seed=5)])
     np.testing.assert_allclose(image_encoder.encode_uint8(crops),
                                image_encoder.encode_pixels(pre.normalize(crops)), atol=1e-5)
+
+
+def test_ensemble_concatenates_members_at_their_own_sizes(image_encoder):
+    from mmmatch.encoders import EnsembleImageEncoder, get_encoder
+
+    ens = get_encoder("efficientnet-lite0+efficientnet-lite0", "image")
+    assert isinstance(ens, EnsembleImageEncoder)
+    assert ens.dim == 2 * image_encoder.dim
+    assert ens.encoder_id == f"{image_encoder.encoder_id}+{image_encoder.encoder_id}"
+    img = draw_image(3, (120, 100))
+    got = ens.encode([img])
+    single = image_encoder.encode([img])
+    np.testing.assert_allclose(np.linalg.norm(got, axis=1), 1.0, atol=1e-5)
+    # same-size members see the very pixels the single encoder sees
+    np.testing.assert_allclose(got[:, :1280] * np.sqrt(2), single, atol=1e-5)
+    np.testing.assert_allclose(got[:, 1280:] * np.sqrt(2), single, atol=1e-5)
+
+
+def test_ensemble_resizes_for_smaller_members(image_encoder):
+    from mmmatch.encoders import get_encoder
+
+    ens = get_encoder("efficientnet-lite2+efficientnet-lite0", "image")
+    assert tuple(ens.preprocess.size) == (260, 260)  # decoded once, at the largest member
+    pixels = np.stack([ens.preprocess.geometry(draw_image(s, (140, 120))) for s in range(2)])
+    out = ens.encode_uint8(pixels)
+    assert out.shape == (2, 2560) and np.isfinite(out).all()
+    lite0_part = out[:, 1280:] * np.sqrt(2)
+    direct = image_encoder.encode([draw_image(s, (140, 120)) for s in range(2)])
+    cos = np.sum(lite0_part * direct, axis=1)
+    assert (cos > 0.8).all()  # resized crop of the larger geometry: close, not identical
+
+
+def test_ensemble_needs_two_members(image_encoder):
+    from mmmatch.encoders import EnsembleImageEncoder
+
+    with pytest.raises(ValueError, match="two or more"):
+        EnsembleImageEncoder([image_encoder])
