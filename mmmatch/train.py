@@ -672,17 +672,23 @@ def _load_checkpoint(folder: Path, modules: torch.nn.Module, optimizers: list[An
 # -- training a whole model from a labelled catalogue -----------------------------------------
 
 
-def split_by_product(labels: np.ndarray | None, valid_fraction: float, seed: int = 0
-                     ) -> tuple[np.ndarray, np.ndarray]:
+def split_by_product(labels: np.ndarray | None, valid_fraction: float, seed: int = 0,
+                     n_rows: int | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Train / validation row positions, whole products on one side.
 
     Validation products are drawn among those with two or more rows (so each validation
     row has a positive to retrieve); without labels rows are drawn at random.
 
+    Args:
+        labels: (n,) product labels, or ``None`` (unlabelled: everything trains).
+        valid_fraction: share of products to hold out.
+        seed: seed of the draw.
+        n_rows: number of rows when ``labels`` is ``None``.
+
     Returns:
         ``(train_rows, valid_rows)`` int64 arrays (``valid_rows`` may be empty).
     """
-    n = 0 if labels is None else len(labels)
+    n = (n_rows or 0) if labels is None else len(labels)
     rng = np.random.default_rng(seed)
     if labels is None or valid_fraction <= 0:
         return np.arange(n), np.zeros(0, dtype=np.int64)
@@ -767,7 +773,7 @@ def train_model(
         raise ValueError("nothing to train on: no images or texts the encoders can use")
     image_augment = image_augment or ImageAugment.camera()
     text_augment = text_augment or TextAugment.light()
-    train_rows, valid_rows = split_by_product(labels, valid_fraction, seed)
+    train_rows, valid_rows = split_by_product(labels, valid_fraction, seed, len(catalogue))
     folder = Path(work_dir) if work_dir else Path(tempfile.mkdtemp(prefix="mmmatch-train-"))
     if tune_text and has_text:
         if labels is None:

@@ -248,3 +248,18 @@ def test_cli_train_errors(labelled, cache_dir, tmp_path, capsys):
     assert not out.exists()
     assert main(["train", str(unlabelled), "--model", str(tmp_path), *base]) == 2
     assert "--model" in capsys.readouterr().err
+
+
+def test_cli_train_without_labels(labelled, cache_dir, tmp_path):
+    cat, _ = labelled
+    unlabelled = tmp_path / "unlabelled.csv"
+    cat.drop(columns="product").to_csv(unlabelled, index=False)
+    out = tmp_path / "nolabels"
+    assert main(["train", str(unlabelled), "--no-labels", "-o", str(out), "--epochs", "1",
+                 "--views", "2", "-q", "--cache-dir", str(cache_dir)]) == 0
+    config = _strict_json(out / "config.json")
+    assert config["fusion"]["loss_spec"] == "ntxent"
+    assert config["info"]["supervised"] is False
+    assert config["info"]["train_rows"] == len(cat)  # every row trains, nothing held out
+    model = MatchModel.load(out)
+    assert model.threshold is None  # nothing labelled to calibrate on
