@@ -26,6 +26,7 @@ from mmmatch.exceptions import (
     UnknownEncoderError,
 )
 from mmmatch.index import EmbeddingIndex
+from mmmatch.model import MatchModel
 from mmmatch.pipeline import Matcher, dedupe, match
 from mmmatch.search import SearchIndex
 from mmmatch.similarity import Metric
@@ -37,6 +38,7 @@ __all__ = [
     "ConfigMismatchError",
     "EmbeddingIndex",
     "ImageError",
+    "MatchModel",
     "Matcher",
     "Metric",
     "MmmatchError",
