@@ -161,6 +161,7 @@ def cmd_match(args: argparse.Namespace) -> int:
         left_columns=parse_columns(args.left_columns or args.columns),
         right_columns=parse_columns(args.right_columns or args.columns),
         all_candidates=args.all_candidates,
+        one_to_one=args.one_to_one or False,
     )
     out = write_table(pairs, args.output)
     _report_problems(pd.DataFrame(pairs.attrs.get("problems", [])), out, args.quiet)
@@ -175,6 +176,7 @@ def cmd_dedupe(args: argparse.Namespace) -> int:
     rows, pairs = matcher.dedupe(
         args.catalogue, columns=parse_columns(args.columns),
         cross_source=args.cross_source, return_pairs=True,
+        mutual_k=args.mutual_k or None, max_cluster_size=args.max_cluster_size or None,
     )
     out = write_table(rows, args.output)
     if args.pairs:
@@ -295,6 +297,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="'left' keeps unmatched left rows")
     p.add_argument("--all-candidates", action="store_true",
                    help="write every candidate pair with is_match, not only matches")
+    p.add_argument("--one-to-one", nargs="?", const="greedy", choices=["greedy", "hungarian"],
+                   help="each row matches at most one row of the other side (greedy by "
+                   "score, or hungarian: best total)")
     _add_matcher_options(p)
     p.set_defaults(func=cmd_match)
 
@@ -305,6 +310,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--pairs", help="also write the matched pairs here")
     p.add_argument("--cross-source", action="store_true",
                    help="only link rows of different sources (needs source=COLUMN)")
+    p.add_argument("--mutual-k", type=int, default=5,
+                   help="link rows only when each is in the other's top k (0: every match "
+                   "links; default: %(default)s)")
+    p.add_argument("--max-cluster-size", type=int, default=20,
+                   help="split larger clusters at their weakest links (0: no limit; "
+                   "default: %(default)s)")
     _add_matcher_options(p)
     p.set_defaults(func=cmd_dedupe)
 

@@ -23,7 +23,8 @@ import pandas as pd
 
 from mmmatch.cache import EmbeddingCache, default_cache_dir
 from mmmatch.catalogue import PROBLEM_COLUMNS, Catalogue, ColumnMap, load_catalogue
-from mmmatch.cluster import cluster_pairs
+from mmmatch.cluster import DEFAULT_MAX_SIZE, DEFAULT_MUTUAL_K, safe_clusters
+from mmmatch.cluster import one_to_one as assign_one_to_one
 from mmmatch.compare import (
     EVIDENCE_COLUMNS,
     SEARCH_WEIGHTS,
@@ -494,6 +495,7 @@ class Matcher:
         right_columns: ColumnMap | dict | None = None,
         suffixes: tuple[str, str] = ("_left", "_right"),
         all_candidates: bool = False,
+        one_to_one: bool | Literal["greedy", "hungarian"] = False,
     ) -> pd.DataFrame:
         """Join two catalogues on "same product".
 
@@ -507,6 +509,9 @@ class Matcher:
             right_columns: column mapping of ``right``.
             suffixes: appended to the columns of each side.
             all_candidates: return every candidate with ``is_match`` instead of matches only.
+            one_to_one: each row matches at most one row of the other side: ``True`` or
+                ``"greedy"`` keeps the best-scoring pairs first, ``"hungarian"`` maximises
+                the total score (:func:`~mmmatch.cluster.one_to_one`).
 
         Returns:
             One row per pair: ``left_id, right_id, score``, the ``*_sim`` evidence,
@@ -521,6 +526,10 @@ class Matcher:
         le, re_, layout = self._encode_pair(lc, rc)
         pairs = self.candidates(le, re_, layout)
         pairs = apply_threshold(pairs, self.decision_threshold if threshold is None else threshold)
+        if one_to_one:
+            method = "greedy" if one_to_one is True else one_to_one
+            kept = assign_one_to_one(pairs[pairs["is_match"]], method=method)
+            pairs = pairs.assign(is_match=pairs.index.isin(kept.index))
         if not all_candidates:
             pairs = pairs[pairs["is_match"]]
         ldata = le.catalogue.data.add_suffix(suffixes[0])
@@ -595,6 +604,8 @@ class Matcher:
         columns: ColumnMap | dict | None = None,
         cross_source: bool = False,
         return_pairs: bool = False,
+        mutual_k: int | None = DEFAULT_MUTUAL_K,
+        max_cluster_size: int | None = DEFAULT_MAX_SIZE,
     ) -> pd.DataFrame | tuple[pd.DataFrame, pd.DataFrame]:
         """Give every row a ``cluster_id``; rows of one product share it.
 
@@ -604,6 +615,11 @@ class Matcher:
             columns: column mapping.
             cross_source: only link rows from different sources (needs a source column).
             return_pairs: also return the matched pairs.
+            mutual_k: link two rows only when each is among the other's ``mutual_k`` best
+                candidates (``None``: every match links), so a chain of one-sided weak
+                links cannot glue products together.
+            max_cluster_size: split larger clusters at their weakest links (``None``: no
+                limit). See :func:`~mmmatch.cluster.safe_clusters`.
 
         Returns:
             The catalogue's rows with ``cluster_id`` (and ``cluster_size``); rows that could
@@ -615,7 +631,7 @@ class Matcher:
         pairs = self.candidates(enc, enc, layout, exclude_self=True, cross_source=cross_source)
         pairs = apply_threshold(pairs, self.decision_threshold if threshold is None else threshold)
         matched = pairs[pairs["is_match"]]
-        clusters = cluster_pairs(matched, cat.ids, "left_id", "right_id")
+        clusters = safe_clusters(matched, cat.ids, k=mutual_k, max_size=max_cluster_size)
         out = cat.data.copy()
         out["cluster_id"] = clusters["cluster_id"].to_numpy()
         out["cluster_size"] = out.groupby("cluster_id")["cluster_id"].transform("size")

@@ -137,12 +137,19 @@ def test_dedupe_command(demo_frames, tmp_path, capsys):
     assert (rows["cluster_size"] == 1).all()
     assert len(pd.read_csv(tmp_path / "none.csv")) == 0
     assert f"{len(both)} clusters" in capsys.readouterr().err
-    # with every candidate linked, the catalogue is one cluster
+    # with every candidate linked and no guard, the catalogue is one cluster
     code = main(["dedupe", str(path), "-o", str(tmp_path / "rows.parquet"), "--threshold",
-                 "-10", "--pairs", str(tmp_path / "pairs.csv"), "-q"])
+                 "-10", "--pairs", str(tmp_path / "pairs.csv"), "-q", "--mutual-k", "0",
+                 "--max-cluster-size", "0"])
     assert code == 0
     rows = pd.read_parquet(tmp_path / "rows.parquet")
     assert rows["cluster_id"].nunique() == 1 and (rows["cluster_size"] == len(both)).all()
+    # the default guard keeps the same links from chaining everything together
+    code = main(["dedupe", str(path), "-o", str(tmp_path / "guarded.csv"), "--threshold",
+                 "-10", "-q", "--max-cluster-size", "6"])
+    assert code == 0
+    guarded = pd.read_csv(tmp_path / "guarded.csv")
+    assert guarded["cluster_size"].max() <= 6 and guarded["cluster_id"].nunique() > 1
     pairs = pd.read_csv(tmp_path / "pairs.csv")
     assert len(pairs) > 0 and pairs["is_match"].all()
     assert (pairs["left_id"] != pairs["right_id"]).all()

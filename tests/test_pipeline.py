@@ -332,3 +332,18 @@ def test_matcher_with_hugging_face_folders(hf_vit_dir, hf_st_dir, tmp_path, make
     np.testing.assert_allclose(top[["image_sim", "text_sim", "lexical_sim"]], 1, atol=1e-4)
     enc = m.encode(m.load(left))
     assert enc.image.shape == (3, 32) and enc.text.shape == (3, 32)
+
+
+@pytest.mark.parametrize("method", [True, "hungarian"])
+def test_one_to_one_match_keeps_each_row_once(matcher, demo, method):
+    loose = matcher.match(demo.left, demo.right, right_columns=RIGHT, threshold=-0.2)
+    strict = matcher.match(demo.left, demo.right, right_columns=RIGHT, threshold=-0.2,
+                           one_to_one=method)
+    assert strict["left_id"].is_unique and strict["right_id"].is_unique
+    assert len(strict) < len(loose)  # the loose threshold let rows match several others
+    loose_pairs = set(zip(loose["left_id"], loose["right_id"], strict=True))
+    assert set(zip(strict["left_id"], strict["right_id"], strict=True)) <= loose_pairs
+    if method is True:  # greedy: every left row's best match survives unless taken
+        best = loose.sort_values("score", ascending=False).iloc[0]
+        assert (best["left_id"], best["right_id"]) in set(
+            zip(strict["left_id"], strict["right_id"], strict=True))
