@@ -89,8 +89,8 @@ def _check_scores_labels(scores: Any, labels: Any) -> tuple[np.ndarray, np.ndarr
     return s, y
 
 
-def _excluded_pairs(exclude: Any) -> set[tuple[str, str]]:
-    """The excluded pairs as ``(str, str)`` tuples, in both orders."""
+def _excluded_pairs(exclude: Any, symmetric: bool = False) -> set[tuple[str, str]]:
+    """The excluded pairs as ``(str, str)`` tuples (in both orders when ``symmetric``)."""
     if hasattr(exclude, "training_pairs_"):
         check_is_fitted(exclude, "training_pairs_")
         exclude = exclude.training_pairs_
@@ -106,11 +106,12 @@ def _excluded_pairs(exclude: Any) -> set[tuple[str, str]]:
             raise ValueError(f"exclude: expected (left_id, right_id) pairs, got {pair!r}")
         a, b = str(items[0]), str(items[1])
         out.add((a, b))
-        out.add((b, a))
+        if symmetric:
+            out.add((b, a))
     return out
 
 
-def _check_no_overlap(pairs: Any, n: int, exclude: Any) -> None:
+def _check_no_overlap(pairs: Any, n: int, exclude: Any, symmetric: bool = False) -> None:
     """Raise ``ValueError`` when a fitting pair is among the excluded (training) pairs."""
     if not isinstance(pairs, pd.DataFrame):
         raise ValueError(f"pairs: expected a DataFrame with left_id, right_id, got "
@@ -122,7 +123,7 @@ def _check_no_overlap(pairs: Any, n: int, exclude: Any) -> None:
         raise ValueError(f"pairs: expected one row per score ({n}), got {len(pairs)}")
     if exclude is None:
         return
-    banned = _excluded_pairs(exclude)
+    banned = _excluded_pairs(exclude, symmetric)
     fitting = zip(pairs["left_id"].astype(str), pairs["right_id"].astype(str), strict=True)
     overlap = [p for p in fitting if p in banned]
     if overlap:
@@ -185,6 +186,7 @@ class ThresholdCalibrator:
         pairs: pd.DataFrame | None = None,
         exclude: Any = None,
         positives: int | None = None,
+        symmetric: bool = False,
     ) -> ThresholdCalibrator:
         """Choose the threshold on held-out labelled pairs.
 
@@ -195,7 +197,10 @@ class ThresholdCalibrator:
                 the order of ``scores``); needed to check ``exclude``.
             exclude: pairs that must not be used for calibration: a collection of
                 ``(left_id, right_id)`` tuples or an object with ``training_pairs_`` (a
-                fitted reranker). Compared as ``(str, str)``, in either order.
+                fitted reranker). Compared as ``(str, str)``.
+            symmetric: the pairs are within one catalogue (deduplication), so ``(a, b)``
+                and ``(b, a)`` are the same pair; between two catalogues (the default) the
+                left and right ids are separate namespaces and only the order given counts.
             positives: the number of true pairs there are, when some were never scored (for
                 example missed by retrieval); they count as missed in recall. Default: the
                 positive labels; must not be fewer.
@@ -223,7 +228,7 @@ class ThresholdCalibrator:
             raise ValueError("exclude needs pairs= (left_id, right_id of each score) to check "
                              "that no calibration pair is among the excluded ones")
         if pairs is not None:
-            _check_no_overlap(pairs, len(s), exclude)
+            _check_no_overlap(pairs, len(s), exclude, symmetric)
 
         # the decision "score >= s" at every distinct score, highest score first
         order = np.argsort(-s, kind="stable")

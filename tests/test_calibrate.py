@@ -204,9 +204,13 @@ def test_overlap_refused_compared_as_strings():
         ThresholdCalibrator().fit(SCORES, LABELS, pairs=PAIRS, exclude=[("b", "2"), ("d", 4)])
 
 
-def test_overlap_refused_in_reverse_order():
+def test_overlap_in_reverse_order_only_within_one_catalogue():
+    # between two catalogues left "3" / right "c" is another pair than left "c" / right "3"
+    ok = ThresholdCalibrator().fit(SCORES, LABELS, pairs=PAIRS, exclude={("3", "c")})
+    assert ok.threshold_ == pytest.approx(0.55)
     with pytest.raises(ValueError, match=r"1 of the 5 .*\('c', '3'\)"):
-        ThresholdCalibrator().fit(SCORES, LABELS, pairs=PAIRS, exclude={("3", "c")})
+        ThresholdCalibrator().fit(SCORES, LABELS, pairs=PAIRS, exclude={("3", "c")},
+                                  symmetric=True)
 
 
 def test_overlap_refused_via_reranker_training_pairs():

@@ -1,0 +1,125 @@
+"""Reranking benchmark: Abt-Buy and Amazon-Google with the literature's protocol, and end to end.
+
+* Protocol of DeepMatcher / Ditto: the reranker (fine-tuned MiniLM cross-encoder + retrieval
+  evidence + pair features, gradient-boosted) trains on ``train.csv``; the threshold that
+  maximises F1 is chosen on ``valid.csv`` (``ThresholdCalibrator``, which refuses training
+  pairs); precision / recall / F1 on ``test.csv``.
+* End to end: candidates retrieved from the full tables (``Matcher.candidates``), reranked,
+  thresholded with the valid threshold, one-to-one (greedy), against the full gold. The
+  full tables contain the training products too, so this figure is optimistic.
+
+    python benchmarks/rerank.py --data-dir ../shared/datasets
+"""
+
+from __future__ import annotations
+
+import tempfile
+import time
+
+import pandas as pd
+import torch
+from _common import parser, write
+
+from data_prep.entity_matching import load_em_dataset
+from mmmatch import Matcher
+from mmmatch.cache import EmbeddingCache
+from mmmatch.calibrate import ThresholdCalibrator
+from mmmatch.catalogue import load_catalogue
+from mmmatch.cluster import one_to_one
+from mmmatch.metrics import pair_scores
+from mmmatch.rerank import CrossEncoderScorer, PairReranker
+
+
+def _with_texts(pairs: pd.DataFrame, left: pd.DataFrame, right: pd.DataFrame,
+                columns: dict) -> pd.DataFrame:
+    """Add ``left_text, right_text, left_price, right_price`` to pairs of ids."""
+    lc, rc = load_catalogue(left, columns), load_catalogue(right, columns)
+    ltext = pd.Series(lc.texts, index=lc.ids)
+    rtext = pd.Series(rc.texts, index=rc.ids)
+    out = pairs.copy()
+    out["left_text"] = ltext.reindex(out["left_id"].astype(str)).fillna("").to_numpy()
+    out["right_text"] = rtext.reindex(out["right_id"].astype(str)).fillna("").to_numpy()
+    for side, df in (("left", left), ("right", right)):
+        if "price" in df:
+            price = pd.to_numeric(df["price"], errors="coerce")
+            price.index = df["id"].astype(str)
+            out[f"{side}_price"] = price.reindex(out[f"{side}_id"].astype(str)).to_numpy()
+    return out
+
+
+def run(data_dir: str, name: str, cache: EmbeddingCache, args) -> dict[str, float]:
+    ds = load_em_dataset(data_dir, name)
+    key = name.replace("-", "_")
+    matcher = Matcher(image_encoder=None, cache_dir=cache.path, show_progress=True)
+    scored = {split: _with_texts(matcher.score_pairs(ds.left, ds.right, pairs, ds.columns,
+                                                     ds.columns), ds.left, ds.right,
+                                 ds.columns)
+              for split, pairs in ds.pairs.items()}
+    start = time.perf_counter()
+    ce = None if args.no_cross_encoder else CrossEncoderScorer(
+        epochs=args.epochs, max_length=args.max_length, seed=args.seed)
+    reranker = PairReranker(ce, folds=args.folds, seed=args.seed).fit(scored["train"])
+    out: dict[str, float] = {f"{key}.train_s": time.perf_counter() - start,
+                             f"{key}.train_pairs": float(len(scored["train"]))}
+    valid = scored["valid"]
+    p_valid = reranker.predict_proba(valid)
+    cal = ThresholdCalibrator("f1").fit(p_valid, valid["label"].to_numpy(),
+                                        pairs=valid, exclude=reranker)
+    out[f"{key}.threshold"] = float(cal.threshold_)
+    out[f"{key}.valid.f1"] = float(cal.f1_)
+    test = scored["test"]
+    p_test = reranker.predict_proba(test)
+    predicted = test.loc[p_test >= cal.threshold_, ["left_id", "right_id"]]
+    truth = test.loc[test["label"] == 1, ["left_id", "right_id"]]
+    s = pair_scores(map(tuple, predicted.to_numpy()), map(tuple, truth.to_numpy()))
+    for m in ("precision", "recall", "f1"):
+        out[f"{key}.test.{m}"] = s[m]
+    print(name, {k: round(v, 4) for k, v in out.items()}, flush=True)
+
+    # end to end over the full tables
+    t = time.perf_counter()
+    left = load_catalogue(ds.full_left, ds.columns, name=f"{name} A")
+    right = load_catalogue(ds.full_right, ds.columns, name=f"{name} B")
+    le, re_, layout = matcher._encode_pair(left, right)
+    cands = matcher.candidates(le, re_, layout, k=args.k)
+    cands = _with_texts(cands, ds.full_left, ds.full_right, ds.columns)
+    cands["probability"] = reranker.predict_proba(cands)
+    matched = cands[cands["probability"] >= cal.threshold_]
+    matched = one_to_one(matched, score="probability")
+    gold = set(zip(ds.gold["left_id"].astype(str), ds.gold["right_id"].astype(str),
+                   strict=True))
+    e2e = pair_scores(zip(matched["left_id"].astype(str), matched["right_id"].astype(str),
+                          strict=True), gold)
+    for m in ("precision", "recall", "f1"):
+        out[f"{key}.e2e.{m}"] = e2e[m]
+    out[f"{key}.e2e.candidates"] = float(len(cands))
+    out[f"{key}.e2e_s"] = time.perf_counter() - t
+    print(name, {k: round(v, 4) for k, v in out.items()}, flush=True)
+    return out
+
+
+def main() -> None:
+    p = parser("rerank", __doc__.splitlines()[0])
+    p.add_argument("--datasets", default="abt-buy,amazon-google")
+    p.add_argument("--epochs", type=int, default=2, help="cross-encoder epochs")
+    p.add_argument("--max-length", type=int, default=64, help="cross-encoder tokens per pair")
+    p.add_argument("--folds", type=int, default=2, help="cross-fitting folds")
+    p.add_argument("--no-cross-encoder", action="store_true")
+    p.add_argument("-k", type=int, default=10, help="candidates per item end to end")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--cache-dir", help="embedding cache (default: a fresh temporary folder)")
+    args = p.parse_args()
+    torch.manual_seed(args.seed)
+    results: dict[str, float] = {"rerank.cross_encoder": float(not args.no_cross_encoder),
+                                 "rerank.epochs": args.epochs, "rerank.folds": args.folds}
+    start = time.perf_counter()
+    with tempfile.TemporaryDirectory() as tmp:
+        cache = EmbeddingCache(args.cache_dir or tmp)
+        for name in args.datasets.split(","):
+            results |= run(args.data_dir, name.strip(), cache, args)
+    results["total_s"] = time.perf_counter() - start
+    write(results, args.out)
+
+
+if __name__ == "__main__":
+    main()
