@@ -200,6 +200,41 @@ def cmd_index(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_explain(args: argparse.Namespace) -> int:
+    matcher = _matcher(args)
+    pair = pd.DataFrame({"left_id": [str(args.left_id)], "right_id": [str(args.right_id)]})
+    right = args.right or args.left
+    scored = matcher.score_pairs(
+        args.left, right, pair,
+        left_columns=parse_columns(args.left_columns or args.columns),
+        right_columns=parse_columns(args.right_columns or args.columns))
+    row = scored.iloc[0]
+    left_cat = matcher.load(args.left, parse_columns(args.left_columns or args.columns))
+    right_cat = matcher.load(right, parse_columns(args.right_columns or args.columns))
+    threshold = matcher.decision_threshold
+    print(f"left  {args.left_id}: {_describe(left_cat, args.left_id)}")
+    print(f"right {args.right_id}: {_describe(right_cat, args.right_id)}")
+    for col in ["image_sim", "text_sim", "lexical_sim", "word_sim", "fused_sim"]:
+        value = row[col]
+        print(f"  {col:<12} {'n/a' if pd.isna(value) else f'{value:.4f}'}")
+    weights = matcher.score_weights.to_dict()
+    used = ", ".join(f"{k} {v:g}" for k, v in weights.items() if v > 0)
+    verdict = "match" if row["score"] >= threshold else "no match"
+    print(f"  {'score':<12} {row['score']:.4f}  (weights: {used}; hubness-corrected: "
+          f"{matcher.hubness})")
+    print(f"  decision     {verdict} at threshold {threshold:.4f}")
+    return 0
+
+
+def _describe(catalogue: Any, item_id: str) -> str:
+    hits = np.flatnonzero(catalogue.ids == str(item_id))
+    if not len(hits):
+        raise MmmatchError(f"id {item_id!r} is not in {catalogue.name or 'the catalogue'}")
+    i = int(hits[0])
+    image = catalogue.images[i]
+    return f"{catalogue.titles[i]!r}" + (f" (image {image})" if image is not None else "")
+
+
 def cmd_search(args: argparse.Namespace) -> int:
     from mmmatch.search import SearchIndex
 
@@ -325,6 +360,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--columns", help=col_help)
     _add_matcher_options(p)
     p.set_defaults(func=cmd_index)
+
+    p = sub.add_parser("explain", help="print the evidence behind one pair's score")
+    p.add_argument("left", help="left catalogue")
+    p.add_argument("right", nargs="?", help="right catalogue (default: the left one, for "
+                   "duplicates within a catalogue)")
+    p.add_argument("--left-id", required=True, help="id of the left row")
+    p.add_argument("--right-id", required=True, help="id of the right row")
+    p.add_argument("--columns", help=col_help + " (both sides)")
+    p.add_argument("--left-columns", help="column roles of the left catalogue")
+    p.add_argument("--right-columns", help="column roles of the right catalogue")
+    _add_matcher_options(p)
+    p.set_defaults(func=cmd_explain)
 
     p = sub.add_parser("search", help="search an index with a photo, a title, or both")
     p.add_argument("index", help="folder written by 'mmmatch index'")

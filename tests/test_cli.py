@@ -272,3 +272,16 @@ def test_console_script_version():
                           env={**os.environ, "MMMATCH_DEBUG": ""})
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == f"mmmatch {mmmatch.__version__}"
+
+
+def test_explain_prints_the_evidence_of_one_pair(demo, capsys):
+    left_id, right_id = demo.truth.iloc[0][["left_id", "right_id"]]
+    argv = ["explain", str(demo.left), str(demo.right), "--right-columns", "id=sku,title=name",
+            "--left-id", str(left_id), "--right-id", str(right_id), "-q"]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    for col in ("image_sim", "text_sim", "lexical_sim", "word_sim", "score", "decision"):
+        assert col in out
+    assert f"left  {left_id}" in out and "decision     match" in out
+    assert main([*argv[:-3], "--right-id", "nope", "-q"]) == 2
+    assert "nope" in capsys.readouterr().err
