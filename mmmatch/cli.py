@@ -100,6 +100,7 @@ def _matcher(args: argparse.Namespace) -> Any:
         on_bad_image=args.on_bad_image,
         show_progress=not args.quiet,
         model=getattr(args, "model", None),
+        reranker=getattr(args, "reranker", None),
     )
 
 
@@ -111,6 +112,8 @@ def _add_matcher_options(p: argparse.ArgumentParser) -> None:
                    help="preset, sentence-transformers id or folder (default: %(default)s)")
     g.add_argument("--model", help="a trained model folder (mmmatch train); its encoders "
                    "replace --image-encoder / --text-encoder")
+    g.add_argument("--reranker", help="a reranker folder (mmmatch train-reranker): decisions "
+                   "use its probability and calibrated threshold")
     g.add_argument("--no-images", action="store_true", help="ignore images, match on text")
     g.add_argument("--no-lexical", action="store_true", help="no TF-IDF character n-grams")
     g.add_argument("--weights", help="score weights IMAGE,TEXT,LEXICAL,WORD "
@@ -197,6 +200,29 @@ def cmd_index(args: argparse.Namespace) -> int:
     _report_problems(index.problems, Path(args.output) / "items.csv", args.quiet)
     if not args.quiet:
         print(f"mmmatch: indexed {len(index)} items into {args.output}", file=sys.stderr)
+    return 0
+
+
+def cmd_train_reranker(args: argparse.Namespace) -> int:
+    from mmmatch.catalogue import read_table
+
+    matcher = _matcher(args)
+    pairs = read_table(args.pairs)
+    valid = read_table(args.valid) if args.valid else None
+    right = args.right or args.left
+    matcher.fit_reranker(
+        args.left, right, pairs, valid, valid_fraction=args.valid_fraction,
+        left_columns=parse_columns(args.left_columns or args.columns),
+        right_columns=parse_columns(args.right_columns or args.columns),
+        cross_encoder=args.cross_encoder, objective=args.objective, target=args.target,
+        output=args.output, seed=args.seed)
+    if not args.quiet:
+        cal = matcher.reranker_.calibration_
+        print(f"mmmatch: reranker trained on {len(matcher.reranker_.training_pairs_)} pairs in "
+              f"{matcher.reranker_.fit_seconds_:.1f} s; threshold {cal['threshold']:.4f} "
+              f"({cal['objective']}: precision {cal['precision']:.3f}, recall "
+              f"{cal['recall']:.3f}, F1 {cal['f1']:.3f} on {cal['pairs']} held-out pairs); "
+              f"written to {args.output}", file=sys.stderr)
     return 0
 
 
@@ -360,6 +386,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--columns", help=col_help)
     _add_matcher_options(p)
     p.set_defaults(func=cmd_index)
+
+    p = sub.add_parser("train-reranker", help="train the pair reranker on labelled pairs")
+    p.add_argument("left", help="left catalogue")
+    p.add_argument("right", nargs="?", help="right catalogue (default: the left one)")
+    p.add_argument("--pairs", required=True, help="labelled pairs: left_id, right_id, label")
+    p.add_argument("--valid", help="held-out labelled pairs for the threshold (default: "
+                   "--valid-fraction of the left items' pairs)")
+    p.add_argument("--valid-fraction", type=float, default=0.2)
+    p.add_argument("-o", "--output", required=True, help="reranker folder (atomic)")
+    p.add_argument("--cross-encoder", action="store_true",
+                   help="also fine-tune a MiniLM cross-encoder (slower)")
+    p.add_argument("--objective", choices=["f1", "precision_at", "recall_at"], default="f1",
+                   help="operating point (default: %(default)s)")
+    p.add_argument("--target", type=float, help="precision / recall floor of the objective")
+    p.add_argument("--columns", help=col_help + " (both sides)")
+    p.add_argument("--left-columns", help="column roles of the left catalogue")
+    p.add_argument("--right-columns", help="column roles of the right catalogue")
+    p.add_argument("--seed", type=int, default=0)
+    _add_matcher_options(p)
+    p.set_defaults(func=cmd_train_reranker)
 
     p = sub.add_parser("explain", help="print the evidence behind one pair's score")
     p.add_argument("left", help="left catalogue")

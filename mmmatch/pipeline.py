@@ -92,6 +92,9 @@ class Matcher:
             :class:`~mmmatch.model.MatchModel`: its encoders replace ``image_encoder`` /
             ``text_encoder``, its learned embedding joins retrieval and the score (the
             ``fused`` signal), and its weights and threshold apply unless given here.
+        reranker: a :class:`~mmmatch.rerank.PairReranker` (or its folder): candidates get a
+            ``probability`` and the decision is ``probability >= threshold`` (default: the
+            reranker's calibrated threshold, else 0.5).
 
     Example:
         >>> m = Matcher(image_encoder=None)  # doctest: +SKIP
@@ -116,6 +119,7 @@ class Matcher:
         image_limits: ImageLimits | None = None,
         show_progress: bool = False,
         model: str | Path | MatchModel | None = None,
+        reranker: str | Path | Any = None,
     ) -> None:
         self.image_encoder = image_encoder
         self.text_encoder = text_encoder
@@ -133,6 +137,7 @@ class Matcher:
         self.image_limits = image_limits
         self.show_progress = show_progress
         self.model = model
+        self.reranker = reranker
 
     # -- stage helpers ----------------------------------------------------------------------
     @property
@@ -148,10 +153,29 @@ class Matcher:
         return self.model
 
     @property
+    def trained_reranker(self) -> Any:
+        """The reranker in use: fitted by :meth:`fit_reranker`, else loaded from
+        ``reranker``; ``None`` without one."""
+        fitted = getattr(self, "reranker_", None)
+        if fitted is not None:
+            return fitted
+        if self.reranker is None:
+            return None
+        from mmmatch.rerank import PairReranker
+
+        if not isinstance(self.reranker, PairReranker):
+            self.reranker = PairReranker.load(self.reranker, self.device)
+        return self.reranker
+
+    @property
     def decision_threshold(self) -> float:
-        """The threshold in use: given, else the model's, else :data:`DEFAULT_THRESHOLD`."""
+        """The threshold in use: given, else the reranker's (on its probability), else the
+        model's, else :data:`DEFAULT_THRESHOLD`."""
         if self.threshold is not None:
             return float(self.threshold)
+        reranker = self.trained_reranker
+        if reranker is not None:
+            return 0.5 if reranker.threshold_ is None else float(reranker.threshold_)
         model = self.trained
         if model is not None and model.threshold is not None:
             return float(model.threshold)
@@ -322,6 +346,22 @@ class Matcher:
         out = out[out["rank"] <= k].reset_index(drop=True)
         return out[[*PAIR_COLUMNS, "left_pos", "right_pos"]]
 
+    def _rerank(self, pairs: pd.DataFrame, left: EncodedCatalogue, right: EncodedCatalogue
+                ) -> pd.DataFrame:
+        """Add the reranker's ``probability`` (and make it the column decisions use)."""
+        reranker = self.trained_reranker
+        if reranker is None or pairs.empty:
+            return pairs
+        frame = pairs.assign(
+            left_text=left.catalogue.texts[pairs["left_pos"].to_numpy()],
+            right_text=right.catalogue.texts[pairs["right_pos"].to_numpy()])
+        return pairs.assign(probability=reranker.predict_proba(frame))
+
+    def _decide(self, pairs: pd.DataFrame, threshold: float | None) -> pd.DataFrame:
+        column = "probability" if "probability" in pairs else "score"
+        return apply_threshold(pairs, self.decision_threshold if threshold is None
+                               else threshold, score_column=column)
+
     def _lexical(
         self, left: EncodedCatalogue, right: EncodedCatalogue, layout: FusedLayout
     ) -> dict[str, tuple[Any, Any]]:
@@ -455,6 +495,82 @@ class Matcher:
             model.path = Path(output)
         return self
 
+    def fit_reranker(
+        self,
+        left: Any,
+        right: Any,
+        pairs: pd.DataFrame,
+        valid: pd.DataFrame | None = None,
+        *,
+        valid_fraction: float = 0.2,
+        left_columns: ColumnMap | dict | None = None,
+        right_columns: ColumnMap | dict | None = None,
+        cross_encoder: bool | Any = False,
+        objective: str = "f1",
+        target: float | None = None,
+        output: str | Path | None = None,
+        seed: int = 0,
+        **params: Any,
+    ) -> Matcher:
+        """Train the pair reranker on labelled pairs and calibrate its threshold.
+
+        Args:
+            left: left catalogue (DataFrame, path or Catalogue).
+            right: right catalogue (the same one for duplicates within a catalogue).
+            pairs: ``left_id, right_id, label`` (1 = same product).
+            valid: held-out labelled pairs for the threshold; default: ``valid_fraction``
+                of the left items' pairs are held out.
+            valid_fraction: share held out when ``valid`` is not given.
+            left_columns: column mapping of ``left``.
+            right_columns: column mapping of ``right``.
+            cross_encoder: also fine-tune a MiniLM cross-encoder (``True``) or the given
+                :class:`~mmmatch.rerank.CrossEncoderScorer`; slower, better on hard text.
+            objective: operating point: ``"f1"``, ``"precision_at"``, ``"recall_at"``.
+            target: the floor of ``precision_at`` / ``recall_at``.
+            output: folder to save the reranker in.
+            seed: seed of the split and the models.
+            **params: :class:`~mmmatch.rerank.PairReranker` parameters.
+
+        Returns:
+            ``self``; the reranker is ``self.reranker_`` and decides from now on.
+        """
+        from mmmatch.rerank import CrossEncoderScorer, PairReranker
+
+        pairs = _labelled_pairs(pairs, "pairs")
+        if valid is None:
+            lefts = pairs["left_id"].unique()
+            rng = np.random.default_rng(seed)
+            held = set(rng.choice(lefts, size=max(1, round(valid_fraction * len(lefts))),
+                                  replace=False))
+            is_valid = pairs["left_id"].isin(held)
+            train, valid = pairs[~is_valid], pairs[is_valid]
+        else:
+            train = pairs
+            valid = _labelled_pairs(valid, "valid")
+        lc = load_catalogue(left, left_columns, name="left")
+        rc = lc if right is left else load_catalogue(right, right_columns, name="right")
+        both = pd.concat([train.assign(_part="train"), valid.assign(_part="valid")],
+                         ignore_index=True)
+        scored = self.score_pairs(lc, rc, both)
+        ltext = pd.Series(lc.texts, index=lc.ids)
+        rtext = pd.Series(rc.texts, index=rc.ids)
+        scored["left_text"] = ltext.reindex(scored["left_id"]).fillna("").to_numpy()
+        scored["right_text"] = rtext.reindex(scored["right_id"]).fillna("").to_numpy()
+        ce = None
+        if cross_encoder is True:
+            ce = CrossEncoderScorer(seed=seed, device=self.device,
+                                    show_progress=self.show_progress)
+        elif cross_encoder:
+            ce = cross_encoder
+        reranker = PairReranker(ce, seed=seed, **params).fit(
+            scored[scored["_part"] == "train"].reset_index(drop=True))
+        reranker.calibrate(scored[scored["_part"] == "valid"].reset_index(drop=True),
+                           objective, target)
+        self.reranker_ = reranker
+        if output is not None:
+            reranker.save(output)
+        return self
+
     def _calibrate(self, valid: Catalogue) -> None:
         """Pick the score weights and threshold with the best F1 on held-out products."""
         model = self.model_
@@ -524,18 +640,20 @@ class Matcher:
         lc = load_catalogue(left, left_columns, name="left")
         rc = load_catalogue(right, right_columns, name="right")
         le, re_, layout = self._encode_pair(lc, rc)
-        pairs = self.candidates(le, re_, layout)
-        pairs = apply_threshold(pairs, self.decision_threshold if threshold is None else threshold)
+        pairs = self._rerank(self.candidates(le, re_, layout), le, re_)
+        pairs = self._decide(pairs, threshold)
         if one_to_one:
             method = "greedy" if one_to_one is True else one_to_one
-            kept = assign_one_to_one(pairs[pairs["is_match"]], method=method)
+            column = "probability" if "probability" in pairs else "score"
+            kept = assign_one_to_one(pairs[pairs["is_match"]], method=method, score=column)
             pairs = pairs.assign(is_match=pairs.index.isin(kept.index))
         if not all_candidates:
             pairs = pairs[pairs["is_match"]]
         ldata = le.catalogue.data.add_suffix(suffixes[0])
         rdata = re_.catalogue.data.add_suffix(suffixes[1])
+        extra = ["probability"] if "probability" in pairs else []
         out = pd.concat([
-            pairs[[*PAIR_COLUMNS, "is_match"]].reset_index(drop=True),
+            pairs[[*PAIR_COLUMNS, *extra, "is_match"]].reset_index(drop=True),
             ldata.iloc[pairs["left_pos"].to_numpy()].reset_index(drop=True),
             rdata.iloc[pairs["right_pos"].to_numpy()].reset_index(drop=True),
         ], axis=1)
@@ -629,9 +747,10 @@ class Matcher:
         cat = load_catalogue(catalogue, columns)
         enc, _, layout = self._encode_pair(cat, cat)
         pairs = self.candidates(enc, enc, layout, exclude_self=True, cross_source=cross_source)
-        pairs = apply_threshold(pairs, self.decision_threshold if threshold is None else threshold)
+        pairs = self._decide(self._rerank(pairs, enc, enc), threshold)
         matched = pairs[pairs["is_match"]]
-        clusters = safe_clusters(matched, cat.ids, k=mutual_k, max_size=max_cluster_size)
+        clusters = safe_clusters(matched, cat.ids, k=mutual_k, max_size=max_cluster_size,
+                                 score="probability" if "probability" in matched else "score")
         out = cat.data.copy()
         out["cluster_id"] = clusters["cluster_id"].to_numpy()
         out["cluster_size"] = out.groupby("cluster_id")["cluster_id"].transform("size")
@@ -639,6 +758,22 @@ class Matcher:
         if return_pairs:
             return out, matched.drop(columns=["left_pos", "right_pos"]).reset_index(drop=True)
         return out
+
+
+def _labelled_pairs(pairs: pd.DataFrame, name: str) -> pd.DataFrame:
+    """``left_id, right_id`` as strings and ``label`` as 0/1 ints (CSV cells may be text)."""
+    missing = [c for c in ("left_id", "right_id", "label") if c not in pairs]
+    if missing:
+        raise ValueError(f"{name}: missing column(s) {missing}; expected left_id, right_id, "
+                         "label")
+    labels = pd.to_numeric(pairs["label"], errors="coerce")
+    bad = ~labels.isin([0, 1])
+    if bad.any():
+        row = int(np.flatnonzero(bad.to_numpy())[0])
+        raise ValueError(f"{name}: row {row} has label {pairs['label'].iloc[row]!r}, "
+                         "expected 0 or 1")
+    return pairs.assign(left_id=pairs["left_id"].astype(str),
+                        right_id=pairs["right_id"].astype(str), label=labels.astype(int))
 
 
 def _problems(left: Catalogue, right: Catalogue) -> pd.DataFrame:

@@ -297,7 +297,31 @@ class PairReranker:
             random_state=self.seed).fit(x.to_numpy(dtype=np.float32), y)
         self.training_pairs_ = set(zip(pairs["left_id"].astype(str),
                                        pairs["right_id"].astype(str), strict=True))
+        self.threshold_: float | None = None
+        self.calibration_: dict[str, Any] | None = None
         self.fit_seconds_ = time.perf_counter() - start
+        return self
+
+    def calibrate(self, pairs: pd.DataFrame, objective: str = "f1",
+                  target: float | None = None) -> PairReranker:
+        """Choose the probability threshold on labelled pairs it did not train on.
+
+        Args:
+            pairs: held-out labelled pairs (as for :meth:`fit`).
+            objective: ``"f1"``, ``"precision_at"`` or ``"recall_at"``.
+            target: the precision / recall floor of the last two.
+
+        Returns:
+            ``self``, with ``threshold_`` and ``calibration_`` (the operating point).
+        """
+        from mmmatch.calibrate import ThresholdCalibrator
+
+        check_is_fitted(self, "booster_")
+        _check_pairs(pairs, need_label=True)
+        cal = ThresholdCalibrator(objective, target).fit(
+            self.predict_proba(pairs), pairs["label"].to_numpy(), pairs=pairs, exclude=self)
+        self.threshold_ = float(cal.threshold_)
+        self.calibration_ = {**cal.operating_point(), "pairs": len(pairs)}
         return self
 
     def predict_proba(self, pairs: pd.DataFrame) -> np.ndarray:
@@ -343,6 +367,7 @@ class PairReranker:
                 "feature_names": self.feature_names_, "features": self.features,
                 "folds": self.folds, "max_iter": self.max_iter,
                 "learning_rate": self.learning_rate, "seed": self.seed,
+                "threshold": self.threshold_, "calibration": self.calibration_,
                 "training_pairs": sorted(self.training_pairs_)}))
         return Path(folder)
 
@@ -352,12 +377,16 @@ class PairReranker:
         import joblib
 
         folder = Path(folder)
+        if not (folder / "reranker.json").exists():
+            raise FileNotFoundError(f"no mmmatch reranker at {folder} (missing reranker.json)")
         meta = json.loads((folder / "reranker.json").read_text())
         self = cls(folds=meta["folds"], features=meta["features"], max_iter=meta["max_iter"],
                    learning_rate=meta["learning_rate"], seed=meta["seed"])
         self.booster_ = joblib.load(folder / "booster.joblib")
         self.feature_names_ = meta["feature_names"]
         self.training_pairs_ = {tuple(p) for p in meta["training_pairs"]}
+        self.threshold_ = meta.get("threshold")
+        self.calibration_ = meta.get("calibration")
         ce = folder / "cross_encoder"
         self.cross_encoder_ = CrossEncoderScorer.load(ce, device) if ce.exists() else None
         return self

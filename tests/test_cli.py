@@ -285,3 +285,26 @@ def test_explain_prints_the_evidence_of_one_pair(demo, capsys):
     assert f"left  {left_id}" in out and "decision     match" in out
     assert main([*argv[:-3], "--right-id", "nope", "-q"]) == 2
     assert "nope" in capsys.readouterr().err
+
+
+def test_train_reranker_then_match_with_it(demo, tmp_path, capsys):
+    left, right = pd.read_csv(demo.left), pd.read_csv(demo.right)
+    rng = np.random.default_rng(1)
+    neg = pd.DataFrame({"left_id": rng.choice(left["id"], 100),
+                        "right_id": rng.choice(right["sku"], 100), "label": 0})
+    truth = set(zip(demo.truth["left_id"], demo.truth["right_id"], strict=True))
+    neg = neg[[p not in truth for p in zip(neg["left_id"], neg["right_id"], strict=True)]]
+    pairs = pd.concat([demo.truth[["left_id", "right_id"]].assign(label=1), neg])
+    pairs.to_csv(tmp_path / "pairs.csv", index=False)
+    out = tmp_path / "rr"
+    assert main(["train-reranker", str(demo.left), str(demo.right), *RIGHT, "--pairs",
+                 str(tmp_path / "pairs.csv"), "-o", str(out)]) == 0
+    assert "threshold" in capsys.readouterr().err and (out / "reranker.json").exists()
+    matches = tmp_path / "m.csv"
+    assert main(["match", str(demo.left), str(demo.right), *RIGHT, "--reranker", str(out),
+                 "--one-to-one", "-o", str(matches), "-q"]) == 0
+    m = pd.read_csv(matches)
+    assert "probability" in m and m["left_id"].is_unique and m["right_id"].is_unique
+    assert main(["match", str(demo.left), str(demo.right), *RIGHT, "--reranker",
+                 str(tmp_path), "-o", str(matches), "-q"]) == 2
+    assert "reranker.json" in capsys.readouterr().err

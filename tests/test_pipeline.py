@@ -347,3 +347,49 @@ def test_one_to_one_match_keeps_each_row_once(matcher, demo, method):
         best = loose.sort_values("score", ascending=False).iloc[0]
         assert (best["left_id"], best["right_id"]) in set(
             zip(strict["left_id"], strict["right_id"], strict=True))
+
+
+def _labelled_demo_pairs(demo, n_neg=120, seed=0):
+    left, right = pd.read_csv(demo.left), pd.read_csv(demo.right)
+    rng = np.random.default_rng(seed)
+    neg = pd.DataFrame({"left_id": rng.choice(left["id"], n_neg),
+                        "right_id": rng.choice(right["sku"], n_neg)})
+    truth = set(zip(demo.truth["left_id"], demo.truth["right_id"], strict=True))
+    neg = neg[[p not in truth for p in zip(neg["left_id"], neg["right_id"], strict=True)]]
+    pos = demo.truth[["left_id", "right_id"]]
+    return pd.concat([pos.assign(label=1), neg.assign(label=0)], ignore_index=True)
+
+
+def test_fit_reranker_decides_by_calibrated_probability(matcher, demo, tmp_path):
+    from mmmatch.pipeline import Matcher
+
+    pairs = _labelled_demo_pairs(demo)
+    m = Matcher(cache_dir=matcher.cache_dir)
+    m.fit_reranker(demo.left, demo.right, pairs, right_columns=RIGHT,
+                   output=tmp_path / "rr", max_iter=50)
+    rr = m.reranker_
+    assert rr.threshold_ is not None
+    train_lefts = {a for a, _ in rr.training_pairs_}
+    held = pairs[~pairs["left_id"].isin(train_lefts)]  # calibrated on held-out left items
+    assert rr.calibration_["pairs"] == len(held) > 0
+    out = m.match(demo.left, demo.right, right_columns=RIGHT, one_to_one=True)
+    assert "probability" in out and out["probability"].between(0, 1).all()
+    assert (out["probability"] >= rr.threshold_).all()
+    assert out["left_id"].is_unique and out["right_id"].is_unique
+    s = pair_scores(zip(out["left_id"], out["right_id"], strict=True),
+                    zip(demo.truth["left_id"], demo.truth["right_id"], strict=True))
+    assert s["f1"] >= 0.9
+    loaded = Matcher(cache_dir=matcher.cache_dir, reranker=tmp_path / "rr")
+    again = loaded.match(demo.left, demo.right, right_columns=RIGHT, one_to_one=True)
+    pd.testing.assert_frame_equal(again[["left_id", "right_id", "probability"]],
+                                  out[["left_id", "right_id", "probability"]])
+
+
+def test_fit_reranker_rejects_bad_labels(matcher, demo):
+    from mmmatch.pipeline import Matcher
+
+    pairs = _labelled_demo_pairs(demo).astype({"label": object})
+    pairs.loc[4, "label"] = "yes"
+    with pytest.raises(ValueError, match="row 4 has label 'yes'"):
+        Matcher(cache_dir=matcher.cache_dir).fit_reranker(demo.left, demo.right, pairs,
+                                                          right_columns=RIGHT)
