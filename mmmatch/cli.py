@@ -248,6 +248,17 @@ def cmd_explain(args: argparse.Namespace) -> int:
     verdict = "match" if row["score"] >= threshold else "no match"
     print(f"  {'score':<12} {row['score']:.4f}  (weights: {used}; hubness-corrected: "
           f"{matcher.hubness})")
+    reranker = matcher.trained_reranker
+    if reranker is not None:
+        frame = scored.assign(
+            left_text=[left_cat.texts[left_cat.ids == str(args.left_id)][0]],
+            right_text=[right_cat.texts[right_cat.ids == str(args.right_id)][0]])
+        features = reranker.explain(frame).iloc[0]
+        print("  reranker features:")
+        for name, value in features.drop("probability").items():
+            print(f"    {name:<22} {'n/a' if pd.isna(value) else f'{value:.4f}'}")
+        verdict = "match" if features["probability"] >= threshold else "no match"
+        print(f"  {'probability':<12} {features['probability']:.4f}")
     print(f"  decision     {verdict} at threshold {threshold:.4f}")
     return 0
 

@@ -308,3 +308,8 @@ def test_train_reranker_then_match_with_it(demo, tmp_path, capsys):
     assert main(["match", str(demo.left), str(demo.right), *RIGHT, "--reranker",
                  str(tmp_path), "-o", str(matches), "-q"]) == 2
     assert "reranker.json" in capsys.readouterr().err
+    left_id, right_id = demo.truth.iloc[0][["left_id", "right_id"]]
+    assert main(["explain", str(demo.left), str(demo.right), *RIGHT, "--left-id", left_id,
+                 "--right-id", right_id, "--reranker", str(out), "-q"]) == 0
+    text = capsys.readouterr().out
+    assert "reranker features:" in text and "code_clash" in text and "probability" in text
