@@ -140,32 +140,34 @@ class Matcher:
         self.reranker = reranker
 
     # -- stage helpers ----------------------------------------------------------------------
+    def _resolve(self, fitted: str, given: str, load: Any) -> Any:
+        """A learned part: fitted here (``fitted``), else the ``given`` object or folder
+        (loaded once and kept aside, so the constructor argument stays as given)."""
+        value = getattr(self, fitted, None)
+        if value is not None:
+            return value
+        param = getattr(self, given)
+        if param is None:
+            return None
+        cache = self.__dict__.setdefault("_loaded", {})
+        key = (given, id(param))
+        if key not in cache:
+            cache[key] = param if not isinstance(param, str | Path) else load(param,
+                                                                              self.device)
+        return cache[key]
+
     @property
     def trained(self) -> MatchModel | None:
         """The trained model in use: fitted by :meth:`fit`, else loaded from ``model``."""
-        fitted = getattr(self, "model_", None)
-        if fitted is not None:
-            return fitted
-        if self.model is None:
-            return None
-        if not isinstance(self.model, MatchModel):
-            self.model = MatchModel.load(self.model, self.device)
-        return self.model
+        return self._resolve("model_", "model", MatchModel.load)
 
     @property
     def trained_reranker(self) -> Any:
         """The reranker in use: fitted by :meth:`fit_reranker`, else loaded from
         ``reranker``; ``None`` without one."""
-        fitted = getattr(self, "reranker_", None)
-        if fitted is not None:
-            return fitted
-        if self.reranker is None:
-            return None
         from mmmatch.rerank import PairReranker
 
-        if not isinstance(self.reranker, PairReranker):
-            self.reranker = PairReranker.load(self.reranker, self.device)
-        return self.reranker
+        return self._resolve("reranker_", "reranker", PairReranker.load)
 
     @property
     def decision_threshold(self) -> float:
