@@ -26,7 +26,10 @@ from mmmatch.encode import encode_images
 from mmmatch.images import ImageLimits
 from mmmatch.views import AugmentedView
 
-__all__ = ["LiteTop", "TrunkEncoder", "parse_freeze", "split_backbone", "trunk_views"]
+__all__ = [
+    "LiteFull", "LiteTop", "PixelViews", "TrunkEncoder", "parse_freeze", "split_backbone",
+    "trunk_views",
+]
 
 
 def parse_freeze(policy: str, n_blocks: int) -> int:
@@ -79,14 +82,29 @@ class LiteTop(torch.nn.Module):
         return self.act(self.bn1(self.conv_head(x))).mean(dim=(2, 3))
 
 
-def split_backbone(encoder: Any, policy: str) -> tuple[TrunkEncoder, LiteTop]:
+class LiteFull(torch.nn.Module):
+    """The whole EfficientNet-Lite, stem included, as a trainable module: pixels in,
+    pooled 1280-d features out (what ``freeze="none"`` trains)."""
+
+    def __init__(self, model: Any) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """(b, 3, H, W) normalised pixels -> (b, 1280) pooled features (not normalised)."""
+        return self.model.extract_features(x).mean(dim=(2, 3))
+
+
+def split_backbone(encoder: Any, policy: str) -> tuple[TrunkEncoder | None, torch.nn.Module]:
     """The frozen trunk (as an encoder of flattened feature maps) and the trainable top.
 
     Args:
         encoder: an :class:`~mmmatch.encoders.EfficientNetLiteEncoder` (a private copy:
             training changes its weights).
         policy: freeze policy (see :func:`parse_freeze`); ``"all"`` is rejected (nothing to
-            tune: train the head on cached embeddings instead).
+            tune: train the head on cached embeddings instead); ``"none"`` returns no trunk
+            and the whole network (:class:`LiteFull`), trained on pixels
+            (:class:`PixelViews`).
     """
     model = getattr(encoder, "model", None)
     if model is None or not hasattr(model, "_blocks"):
@@ -95,12 +113,97 @@ def split_backbone(encoder: Any, policy: str) -> tuple[TrunkEncoder, LiteTop]:
     n = parse_freeze(policy, len(model._blocks))
     if n == 0:
         raise ValueError("freeze policy 'all' trains no backbone weights: train the head only")
+    if policy == "none":
+        for p in model.parameters():
+            p.requires_grad_(True)
+        return None, LiteFull(model)
     top = LiteTop(model, n)
     for p in model.parameters():
         p.requires_grad_(False)
     for p in top.parameters():
         p.requires_grad_(True)
     return TrunkEncoder(encoder, top.offset), top
+
+
+class PixelViews:
+    """Decoded, augmented and normalised pixels of ``n_views`` views of each image, made on
+    demand: indexable like an (n, V, 3, H, W) float32 array by ``[rows, views]``, for
+    end-to-end fine-tuning, where nothing below the trained layers can be cached.
+
+    View ``v`` is deterministic (its RNG is seeded by ``seed``, the decoded content and
+    ``v``). An unreadable image gives zeros; :meth:`check` lists them up front.
+
+    Args:
+        refs: n image references.
+        preprocess: the encoder's :class:`~mmmatch.encoders.ImagePreprocess`.
+        augment: augmentation of views 1.. (``None`` with one view).
+        n_views: views per image.
+        seed: augmentation seed.
+        base_dir: folder relative paths are resolved against.
+        limits: image limits.
+    """
+
+    def __init__(self, refs: Sequence[Any], preprocess: Any, augment: ImageAugment | None,
+                 n_views: int, seed: int = 0, base_dir: str | Path | None = None,
+                 limits: ImageLimits | None = None) -> None:
+        self.refs = list(refs)
+        self.preprocess = preprocess
+        self.augment = augment
+        self.n_views = n_views
+        self.seed = seed
+        self.base_dir = base_dir
+        self.limits = limits or ImageLimits()
+        h, w = preprocess.size
+        self.shape = (len(self.refs), n_views, 3, h, w)
+
+    def __len__(self) -> int:
+        return len(self.refs)
+
+    def _one(self, row: int, view: int) -> np.ndarray:
+        import hashlib
+
+        from mmmatch.augment import view_rng
+        from mmmatch.images import decode_image, read_image_bytes
+
+        try:
+            data = read_image_bytes(self.refs[row], self.base_dir, self.limits)
+            img = decode_image(data, str(self.refs[row]), self.limits)
+        except Exception:
+            return np.zeros(self.shape[2:], dtype=np.float32)
+        if view > 0 and self.augment is not None:
+            key = hashlib.blake2b(img.tobytes(), digest_size=8).hexdigest()
+            img = self.augment(img, view_rng(self.seed, key, view))
+        return self.preprocess.normalize(self.preprocess.geometry(img)[None])[0]
+
+    def __getitem__(self, key: Any) -> np.ndarray:
+        if isinstance(key, tuple):
+            rows, views = key
+        else:  # rows only: view 0 (as the validation / reference inputs are used)
+            rows, views = key, 0
+        rows = np.arange(len(self))[rows] if isinstance(rows, slice) else np.asarray(rows)
+        views = np.broadcast_to(np.asarray(views), rows.shape)
+        return np.stack([self._one(int(r), int(v)) for r, v in zip(rows.ravel(),
+                                                                   views.ravel(),
+                                                                   strict=True)]
+                        ) if rows.size else np.zeros((0, *self.shape[2:]), np.float32)
+
+    def originals(self) -> PixelViews:
+        """The same images, view 0 only (indexable by rows, still made on demand)."""
+        return PixelViews(self.refs, self.preprocess, None, 1, self.seed, self.base_dir,
+                          self.limits)
+
+    def check(self) -> np.ndarray:
+        """(n,) bool: which images can be read and decoded."""
+        from mmmatch.images import decode_image, read_image_bytes
+
+        ok = np.ones(len(self), dtype=bool)
+        for i, ref in enumerate(self.refs):
+            try:
+                decode_image(read_image_bytes(ref, self.base_dir, self.limits), str(ref),
+                             self.limits)
+            except Exception:
+                ok[i] = False
+        return ok
 
 
 def _trunk_forward(model: Any, n_frozen: int, x: torch.Tensor) -> torch.Tensor:

@@ -818,7 +818,14 @@ def train_model(
         private = EfficientNetLiteEncoder(img_enc.variant, device=device)  # tuned in place
         trunk, top = split_backbone(private, freeze)
 
-        def trunk_of(rows: np.ndarray, v: int) -> tuple[np.ndarray, np.ndarray]:
+        def trunk_of(rows: np.ndarray, v: int) -> tuple[Any, np.ndarray]:
+            if trunk is None:  # end to end: pixels made per batch, nothing cached
+                from mmmatch.finetune import PixelViews
+
+                pixels = PixelViews(images[rows], private.preprocess, image_augment, v, seed,
+                                    catalogue.base_dir)
+                ok = pixels.check()
+                return pixels, np.repeat(ok[:, None], v, axis=1)
             return trunk_views(images[rows], trunk, image_augment, v, seed,
                                show_progress=show_progress, base_dir=catalogue.base_dir)
 
@@ -833,10 +840,10 @@ def train_model(
             v_views = rows_views(valid_rows, 1, image=False)
             valid = (EmbeddingViews(np.zeros((len(valid_rows), 1, img_enc.dim), np.float32),
                                     v_ok, v_views.text, v_views.text_ok), lab[valid_rows])
-            valid_inputs = v_inputs[:, 0]
+            valid_inputs = _originals(v_inputs)
         fusion.fit(train_views, None if lab is None else lab[train_rows], valid=valid,
                    image_model=top, image_inputs=inputs, valid_image_inputs=valid_inputs,
-                   reference_image_inputs=inputs[:, 0])
+                   reference_image_inputs=_originals(inputs))
         from safetensors.torch import save_file
 
         folder.mkdir(parents=True, exist_ok=True)
@@ -855,6 +862,11 @@ def train_model(
     return MatchModel(fusion, image_encoder if has_images else None,
                       text_encoder if has_text else None, image_weights,
                       info=info), (train_rows, valid_rows)
+
+
+def _originals(inputs: Any) -> Any:
+    """View 0 of per-view image-model inputs: an array slice, or a lazy view set's own."""
+    return inputs.originals() if hasattr(inputs, "originals") else inputs[:, 0]
 
 
 def _text_pairs(texts: np.ndarray, labels: np.ndarray) -> tuple[list[str], list[str]]:

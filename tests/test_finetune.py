@@ -114,3 +114,40 @@ def test_split_backbone_refusals(lite):
 
     with pytest.raises(ValueError, match="some-vit"):
         split_backbone(NotLite(), "last:1")
+
+
+def test_freeze_none_trains_the_whole_network_on_pixels(tmp_path):
+    from conftest import draw_image
+
+    from mmmatch.encoders.image import EfficientNetLiteEncoder
+    from mmmatch.finetune import LiteFull, PixelViews
+
+    enc = EfficientNetLiteEncoder("efficientnet-lite0")  # private: made trainable below
+    trunk, full = split_backbone(enc, "none")
+    assert trunk is None and isinstance(full, LiteFull)
+    assert all(p.requires_grad for p in enc.model.parameters())  # the stem too
+
+    paths = []
+    for i in range(3):
+        paths.append(tmp_path / f"{i}.jpg")
+        draw_image(i, (90, 70)).save(paths[-1])
+    (tmp_path / "bad.jpg").write_bytes(b"not an image")
+    views = PixelViews([*paths, tmp_path / "bad.jpg"], enc.preprocess, ImageAugment.camera(),
+                       3, seed=1)
+    assert views.shape == (4, 3, 3, 224, 224) and len(views) == 4
+    np.testing.assert_array_equal(views.check(), [True, True, True, False])
+    batch = views[np.array([0, 0, 1, 3]), np.array([0, 1, 0, 2])]
+    assert batch.shape == (4, 3, 224, 224) and batch.dtype == np.float32
+    assert not np.allclose(batch[0], batch[1])  # view 1 is augmented
+    np.testing.assert_array_equal(batch[1], views[np.array([0]), np.array([1])][0])  # seeded
+    assert not batch[3].any()  # unreadable: zeros, listed by check()
+    originals = views.originals()
+    np.testing.assert_array_equal(originals[0:2], batch[[0, 2]])
+    # view 0 through the whole network is the encoder's own embedding
+    full.eval()
+    with torch.inference_mode():
+        emb = torch.nn.functional.normalize(full(torch.from_numpy(originals[0:2])), dim=1)
+    from PIL import Image
+
+    want = enc.encode([Image.open(p).convert("RGB") for p in paths[:2]])
+    np.testing.assert_allclose(emb.numpy(), want, atol=1e-4)

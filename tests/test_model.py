@@ -263,3 +263,21 @@ def test_cli_train_without_labels(labelled, cache_dir, tmp_path):
     assert config["info"]["train_rows"] == len(cat)  # every row trains, nothing held out
     model = MatchModel.load(out)
     assert model.threshold is None  # nothing labelled to calibrate on
+
+
+def test_finetune_none_trains_end_to_end_and_saves_the_backbone(labelled, cache_dir,
+                                                                 tmp_path):
+    from mmmatch.pipeline import Matcher
+
+    cat, _ = labelled
+    m = Matcher(cache_dir=cache_dir, show_progress=False).fit(
+        cat, label_column="product", mode="finetune", freeze="none", n_views=2, epochs=1,
+        p=4, k=2, output=tmp_path / "ft")
+    config = _strict_json(tmp_path / "ft" / "config.json")
+    assert config["image_encoder"]["fine_tuned"] is True
+    assert config["info"]["freeze"] == "none"
+    assert (tmp_path / "ft" / "image_encoder.safetensors").exists()
+    loaded = MatchModel.load(tmp_path / "ft")
+    image, _ = loaded.encoders()
+    assert "+tuned:" in image.encoder_id  # the tuned weights are part of its identity
+    assert m.model_.image_weights is not None
