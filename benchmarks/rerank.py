@@ -113,8 +113,10 @@ def grocery_dedupe(data_dir: str, cache: EmbeddingCache, args) -> dict[str, floa
     """Deduplicate the Grocery Store ``test`` photos into products.
 
     A model is trained on the ``train`` photos (head mode, Lite0 + MiniLM, typed titles as
-    the text; its threshold is picked on held-out training products), then
-    ``Matcher.dedupe`` groups the test photos; scored by the Shopee per-item F1 and purity.
+    the text; its threshold is picked on held-out training products), the clustering guard
+    (mutual top-k, cluster size cap; 0 = off in the JSON) is chosen on the same held-out
+    products, then ``Matcher.dedupe`` groups the test photos; scored by the Shopee per-item
+    F1 and purity.
     """
     from data_prep.grocery import load_grocery
     from mmmatch.metrics import group_f1
@@ -131,7 +133,25 @@ def grocery_dedupe(data_dir: str, cache: EmbeddingCache, args) -> dict[str, floa
         train, label_column="label", columns=columns, n_views=args.grocery_views,
         seed=args.seed)
     out = {"grocery.dedupe.train_s": time.perf_counter() - start}
-    rows = matcher.dedupe(test, columns=columns)
+    # the clustering guard is chosen on the training products fit() held out (the model
+    # never saw their photos), by per-item F1; test only scores the choice
+    from mmmatch.train import split_by_product
+
+    _, held = split_by_product(train["label"].to_numpy(), 0.15, args.seed)
+    held_out = train.iloc[held]
+    held_truth = pd.Series(held_out["label"].to_numpy(), index=held_out["id"])
+    best = None
+    for k in (5, 10, 20, None):
+        for size in (20, 50, None):
+            got = matcher.dedupe(held_out, columns=columns, mutual_k=k, max_cluster_size=size)
+            f1 = group_f1(held_truth, pd.Series(got["cluster_id"].to_numpy(), index=got["id"]))
+            if best is None or f1 > best[0]:
+                best = (f1, k, size)
+    assert best is not None
+    out["grocery.dedupe.held_out_item_f1"] = best[0]
+    out["grocery.dedupe.mutual_k"] = float(best[1] or 0)
+    out["grocery.dedupe.max_cluster_size"] = float(best[2] or 0)
+    rows = matcher.dedupe(test, columns=columns, mutual_k=best[1], max_cluster_size=best[2])
     truth = pd.Series(test["label"].to_numpy(), index=test["id"])
     predicted = pd.Series(rows["cluster_id"].to_numpy(), index=rows["id"])
     out["grocery.dedupe.item_f1"] = group_f1(truth, predicted)
