@@ -31,18 +31,13 @@ from mmmatch.calibrate import ThresholdCalibrator
 from mmmatch.catalogue import load_catalogue
 from mmmatch.cluster import one_to_one
 from mmmatch.metrics import pair_scores
-from mmmatch.rerank import CrossEncoderScorer, PairReranker
+from mmmatch.rerank import CrossEncoderScorer, PairReranker, with_texts
 
 
 def _with_texts(pairs: pd.DataFrame, left: pd.DataFrame, right: pd.DataFrame,
                 columns: dict) -> pd.DataFrame:
     """Add ``left_text, right_text, left_price, right_price`` to pairs of ids."""
-    lc, rc = load_catalogue(left, columns), load_catalogue(right, columns)
-    ltext = pd.Series(lc.texts, index=lc.ids)
-    rtext = pd.Series(rc.texts, index=rc.ids)
-    out = pairs.copy()
-    out["left_text"] = ltext.reindex(out["left_id"].astype(str)).fillna("").to_numpy()
-    out["right_text"] = rtext.reindex(out["right_id"].astype(str)).fillna("").to_numpy()
+    out = with_texts(pairs, load_catalogue(left, columns), load_catalogue(right, columns))
     for side, df in (("left", left), ("right", right)):
         if "price" in df:
             price = pd.to_numeric(df["price"], errors="coerce")

@@ -229,14 +229,11 @@ def cmd_train_reranker(args: argparse.Namespace) -> int:
 def cmd_explain(args: argparse.Namespace) -> int:
     matcher = _matcher(args)
     pair = pd.DataFrame({"left_id": [str(args.left_id)], "right_id": [str(args.right_id)]})
-    right = args.right or args.left
-    scored = matcher.score_pairs(
-        args.left, right, pair,
-        left_columns=parse_columns(args.left_columns or args.columns),
-        right_columns=parse_columns(args.right_columns or args.columns))
-    row = scored.iloc[0]
     left_cat = matcher.load(args.left, parse_columns(args.left_columns or args.columns))
-    right_cat = matcher.load(right, parse_columns(args.right_columns or args.columns))
+    right_cat = matcher.load(args.right or args.left,
+                             parse_columns(args.right_columns or args.columns))
+    scored = matcher.score_pairs(left_cat, right_cat, pair)  # catalogues read once
+    row = scored.iloc[0]
     threshold = matcher.decision_threshold
     print(f"left  {args.left_id}: {_describe(left_cat, args.left_id)}")
     print(f"right {args.right_id}: {_describe(right_cat, args.right_id)}")
@@ -250,10 +247,9 @@ def cmd_explain(args: argparse.Namespace) -> int:
           f"{matcher.hubness})")
     reranker = matcher.trained_reranker
     if reranker is not None:
-        frame = scored.assign(
-            left_text=[left_cat.texts[left_cat.ids == str(args.left_id)][0]],
-            right_text=[right_cat.texts[right_cat.ids == str(args.right_id)][0]])
-        features = reranker.explain(frame).iloc[0]
+        from mmmatch.rerank import with_texts
+
+        features = reranker.explain(with_texts(scored, left_cat, right_cat)).iloc[0]
         print("  reranker features:")
         for name, value in features.drop("probability").items():
             print(f"    {name:<22} {'n/a' if pd.isna(value) else f'{value:.4f}'}")

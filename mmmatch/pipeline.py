@@ -536,7 +536,7 @@ class Matcher:
         Returns:
             ``self``; the reranker is ``self.reranker_`` and decides from now on.
         """
-        from mmmatch.rerank import CrossEncoderScorer, PairReranker
+        from mmmatch.rerank import CrossEncoderScorer, PairReranker, with_texts
 
         pairs = _labelled_pairs(pairs, "pairs")
         if valid is None:
@@ -553,11 +553,7 @@ class Matcher:
         rc = lc if right is left else load_catalogue(right, right_columns, name="right")
         both = pd.concat([train.assign(_part="train"), valid.assign(_part="valid")],
                          ignore_index=True)
-        scored = self.score_pairs(lc, rc, both)
-        ltext = pd.Series(lc.texts, index=lc.ids)
-        rtext = pd.Series(rc.texts, index=rc.ids)
-        scored["left_text"] = ltext.reindex(scored["left_id"]).fillna("").to_numpy()
-        scored["right_text"] = rtext.reindex(scored["right_id"]).fillna("").to_numpy()
+        scored = with_texts(self.score_pairs(lc, rc, both), lc, rc)
         ce = None
         if cross_encoder is True:
             ce = CrossEncoderScorer(seed=seed, device=self.device,

@@ -33,7 +33,7 @@ from tqdm.auto import tqdm
 from mmmatch._io import atomic_dir
 from mmmatch._validation import check_is_fitted
 
-__all__ = ["EVIDENCE_FEATURES", "CrossEncoderScorer", "PairReranker"]
+__all__ = ["EVIDENCE_FEATURES", "CrossEncoderScorer", "PairReranker", "with_texts"]
 
 EVIDENCE_FEATURES = ("score", "image_sim", "text_sim", "lexical_sim", "word_sim", "fused_sim")
 """Retrieval evidence columns the reranker uses when the pairs carry them."""
@@ -78,11 +78,9 @@ class CrossEncoderScorer:
         self.show_progress = show_progress
 
     def _source(self) -> str:
-        if self.model == "minilm-l6":
-            from mmmatch.encoders.text import minilm_path
+        from mmmatch.tune_text import resolve_text_model
 
-            return str(minilm_path())
-        return str(self.model)
+        return resolve_text_model(self.model)
 
     def fit(self, left: Sequence[str], right: Sequence[str], labels: Sequence[int]
             ) -> CrossEncoderScorer:
@@ -99,7 +97,7 @@ class CrossEncoderScorer:
         import torch
         from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-        from mmmatch.train import resolve_device
+        from mmmatch.encoders.image import _pick_device
 
         left, right = _texts(left, "left"), _texts(right, "right")
         y = np.asarray(labels, dtype=np.float32)
@@ -108,7 +106,7 @@ class CrossEncoderScorer:
                              f"{len(right)}, {len(y)}")
         if not np.isin(y, (0, 1)).all():
             raise ValueError("labels must be 0 or 1")
-        device = resolve_device(self.device)
+        device = _pick_device(self.device)
         torch.manual_seed(self.seed)
         tokenizer = AutoTokenizer.from_pretrained(self._source())
         model = AutoModelForSequenceClassification.from_pretrained(
@@ -190,14 +188,14 @@ class CrossEncoderScorer:
         """Read a folder written by :meth:`save`."""
         from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-        from mmmatch.train import resolve_device
+        from mmmatch.encoders.image import _pick_device
 
         folder = Path(folder)
         meta = json.loads((folder / "mmmatch_cross_encoder.json").read_text())
         self = cls(model=meta["base"], max_length=meta["max_length"], device=device)
         self.tokenizer_ = AutoTokenizer.from_pretrained(folder)
         self.model_ = AutoModelForSequenceClassification.from_pretrained(folder).to(
-            resolve_device(device)).eval()
+            _pick_device(device)).eval()
         self.fit_seconds_ = 0.0
         return self
 
@@ -390,6 +388,21 @@ class PairReranker:
         ce = folder / "cross_encoder"
         self.cross_encoder_ = CrossEncoderScorer.load(ce, device) if ce.exists() else None
         return self
+
+
+def with_texts(pairs: pd.DataFrame, left: Any, right: Any) -> pd.DataFrame:
+    """``pairs`` with ``left_text`` and ``right_text`` of their ids (empty when unknown).
+
+    Args:
+        pairs: ``left_id, right_id`` (other columns are kept).
+        left: the left :class:`~mmmatch.catalogue.Catalogue`.
+        right: the right one.
+    """
+    ltext = pd.Series(left.texts, index=left.ids)
+    rtext = pd.Series(right.texts, index=right.ids)
+    return pairs.assign(
+        left_text=ltext.reindex(pairs["left_id"].astype(str)).fillna("").to_numpy(),
+        right_text=rtext.reindex(pairs["right_id"].astype(str)).fillna("").to_numpy())
 
 
 def _clone_scorer(scorer: CrossEncoderScorer) -> CrossEncoderScorer:

@@ -36,6 +36,7 @@ from tqdm.auto import tqdm
 from mmmatch._io import atomic_dir
 from mmmatch._validation import check_is_fitted
 from mmmatch.encode import EncodedCatalogue
+from mmmatch.encoders.image import _pick_device
 from mmmatch.fusion import EmbeddingViews, FusionHead, embed_with_head
 from mmmatch.losses import (
     ClassificationLoss,
@@ -48,7 +49,7 @@ from mmmatch.metrics import map_at_r, recall_at_k_labels
 from mmmatch.sampling import PKSampler
 
 __all__ = [
-    "LOSS_TERMS", "LearnedFusion", "build_objective", "embed_image_inputs", "resolve_device",
+    "LOSS_TERMS", "LearnedFusion", "build_objective", "embed_image_inputs",
     "split_by_product", "train_model",
 ]
 
@@ -58,13 +59,6 @@ LOSS_TERMS = ("triplet", "semihard", "ms", "supcon", "ntxent", "softmax", "arcfa
 _CLASSIFIERS = ("softmax", "arcface", "cosface")
 PARTIAL_FC_AUTO = 100_000
 """With ``partial_fc="auto"``, class counts above this train a sampled (Partial FC) softmax."""
-
-
-def resolve_device(device: str | None) -> str:
-    """``device`` or CUDA when available, else CPU."""
-    if device:
-        return device
-    return "cuda" if torch.cuda.is_available() else "cpu"
 
 
 def build_objective(
@@ -237,7 +231,7 @@ class LearnedFusion:
         Returns:
             ``self``.
         """
-        device = resolve_device(self.device)
+        device = _pick_device(self.device)
         torch.manual_seed(self.seed)
         if labels is None:
             if views.image_ok.shape[1] < 2 and views.text_ok.shape[1] < 2:
