@@ -102,19 +102,12 @@ class MatchModel:
         Returns:
             (n, dim) float32, L2-normalised.
         """
-        n = len(image_ok)
-        views = EmbeddingViews(
-            None if image is None else image[:, None], np.asarray(image_ok, bool)[:, None],
+        # a missing modality stays None: the head gives every row its learned placeholder
+        return self.fusion.transform(EmbeddingViews(
+            None if image is None else image[:, None],
+            np.asarray(image_ok if image is not None else np.zeros(len(text_ok)), bool)[:, None],
             None if text is None else text[:, None],
-            np.asarray(text_ok if text is not None else np.zeros(n, bool), bool)[:, None])
-        if self.fusion.head_.image_dim and image is None:
-            views = EmbeddingViews(np.zeros((n, 1, self.fusion.head_.image_dim), np.float32),
-                                   np.zeros((n, 1), bool), views.text, views.text_ok)
-        if self.fusion.head_.text_dim and text is None:
-            views = EmbeddingViews(views.image, views.image_ok,
-                                   np.zeros((n, 1, self.fusion.head_.text_dim), np.float32),
-                                   np.zeros((n, 1), bool))
-        return self.fusion.transform(views)
+            np.asarray(text_ok if text is not None else np.zeros(len(image_ok)), bool)[:, None]))
 
     def embed_encoded(self, encoded: EncodedCatalogue) -> np.ndarray:
         """:meth:`embed` of an encoded catalogue, (n, dim) float32."""
