@@ -180,6 +180,7 @@ def cmd_dedupe(args: argparse.Namespace) -> int:
         args.catalogue, columns=parse_columns(args.columns),
         cross_source=args.cross_source, return_pairs=True,
         mutual_k=args.mutual_k or None, max_cluster_size=args.max_cluster_size or None,
+        linkage=args.linkage, min_average=args.min_average,
     )
     out = write_table(rows, args.output)
     if args.pairs:
@@ -207,11 +208,14 @@ def cmd_train_reranker(args: argparse.Namespace) -> int:
     from mmmatch.catalogue import read_table
 
     matcher = _matcher(args)
-    pairs = read_table(args.pairs)
+    if (args.pairs is None) == (args.label_column is None):
+        raise MmmatchError("give --pairs (labelled pairs) or --label-column (mine pairs from "
+                           "a labelled catalogue), not both")
+    pairs = read_table(args.pairs) if args.pairs else None
     valid = read_table(args.valid) if args.valid else None
-    right = args.right or args.left
     matcher.fit_reranker(
-        args.left, right, pairs, valid, valid_fraction=args.valid_fraction,
+        args.left, args.right, pairs, valid, label_column=args.label_column,
+        valid_fraction=args.valid_fraction,
         left_columns=parse_columns(args.left_columns or args.columns),
         right_columns=parse_columns(args.right_columns or args.columns),
         cross_encoder=args.cross_encoder, objective=args.objective, target=args.target,
@@ -249,10 +253,17 @@ def cmd_explain(args: argparse.Namespace) -> int:
     if reranker is not None:
         from mmmatch.rerank import with_texts
 
-        features = reranker.explain(with_texts(scored, left_cat, right_cat)).iloc[0]
-        print("  reranker features:")
-        for name, value in features.drop("probability").items():
-            print(f"    {name:<22} {'n/a' if pd.isna(value) else f'{value:.4f}'}")
+        frame = with_texts(scored, left_cat, right_cat)
+        features = reranker.explain(frame).iloc[0]
+        contrib = reranker.contributions(frame).iloc[0]
+        print("  reranker features, most decisive first (contribution to the log-odds; "
+              "+ towards match):")
+        order = contrib.drop("bias").abs().sort_values(ascending=False, kind="stable").index
+        for name in order:
+            value = features[name]
+            print(f"    {name:<22} {'n/a' if pd.isna(value) else f'{value:.4f}':>10}  "
+                  f"{contrib[name]:+.3f}")
+        print(f"    {'(base rate)':<22} {'':>10}  {contrib['bias']:+.3f}")
         verdict = "match" if features["probability"] >= threshold else "no match"
         print(f"  {'probability':<12} {features['probability']:.4f}")
     print(f"  decision     {verdict} at threshold {threshold:.4f}")
@@ -384,6 +395,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-cluster-size", type=int, default=20,
                    help="split larger clusters at their weakest links (0: no limit; "
                    "default: %(default)s)")
+    p.add_argument("--linkage", choices=["single", "average"], default="single",
+                   help="average: re-cluster linked rows by average linkage (needs "
+                   "--min-average; default: %(default)s)")
+    p.add_argument("--min-average", type=float,
+                   help="smallest mean similarity of an average-linkage merge")
     _add_matcher_options(p)
     p.set_defaults(func=cmd_dedupe)
 
@@ -394,14 +410,18 @@ def build_parser() -> argparse.ArgumentParser:
     _add_matcher_options(p)
     p.set_defaults(func=cmd_index)
 
-    p = sub.add_parser("train-reranker", help="train the pair reranker on labelled pairs")
+    p = sub.add_parser("train-reranker", help="train the pair reranker on labelled pairs, or "
+                       "on pairs mined from a labelled catalogue")
     p.add_argument("left", help="left catalogue")
     p.add_argument("right", nargs="?", help="right catalogue (default: the left one)")
-    p.add_argument("--pairs", required=True, help="labelled pairs: left_id, right_id, label")
+    p.add_argument("--pairs", help="labelled pairs: left_id, right_id, label")
+    p.add_argument("--label-column", help="instead of --pairs: mine pairs (retrieved "
+                   "candidates labelled by this product-id column, so hard negatives) ")
     p.add_argument("--valid", help="held-out labelled pairs for the threshold (default: "
-                   "--valid-fraction of the left items' pairs)")
+                   "--valid-fraction of the left items' pairs, or of the products)")
     p.add_argument("--valid-fraction", type=float, default=0.2)
-    p.add_argument("-o", "--output", required=True, help="reranker folder (atomic)")
+    p.add_argument("-o", "--output", required=True, help="output folder (atomic): with "
+                   "--model, the model folder with the reranker inside; else a reranker folder")
     p.add_argument("--cross-encoder", action="store_true",
                    help="also fine-tune a MiniLM cross-encoder (slower)")
     p.add_argument("--objective", choices=["f1", "precision_at", "recall_at"], default="f1",

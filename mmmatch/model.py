@@ -53,13 +53,16 @@ class MatchModel:
         search_weights: search weights (default :data:`MODEL_SEARCH_WEIGHTS`).
         threshold: decision threshold on the match score (``None``: the Matcher's).
         info: anything else worth keeping (training data summary, metrics).
+        reranker: a fitted :class:`~mmmatch.rerank.PairReranker` that decides pairs with
+            this model (saved in the folder's ``reranker/``; its threshold, on the
+            probability, then replaces ``threshold``).
     """
 
     def __init__(
         self, fusion: Any, image_encoder: str | None, text_encoder: str | None,
         image_weights: str | Path | None = None, score_weights: ScoreWeights | None = None,
         search_weights: ScoreWeights | None = None, threshold: float | None = None,
-        info: dict[str, Any] | None = None,
+        info: dict[str, Any] | None = None, reranker: Any = None,
     ) -> None:
         self.fusion = fusion
         self.image_encoder = image_encoder
@@ -69,6 +72,7 @@ class MatchModel:
         self.search_weights = search_weights or MODEL_SEARCH_WEIGHTS
         self.threshold = threshold
         self.info = info or {}
+        self.reranker = reranker
         self.path: Path | None = None
 
     @property
@@ -138,6 +142,7 @@ class MatchModel:
             "score_weights": self.score_weights.to_dict(),
             "search_weights": self.search_weights.to_dict(),
             "threshold": self.threshold,
+            "reranker": None if self.reranker is None else "reranker",
             "info": self.info,
         }
 
@@ -157,6 +162,9 @@ class MatchModel:
             if config["text_encoder"] and config["text_encoder"]["fine_tuned"]:
                 shutil.copytree(str(self.text_encoder), tmp / "text_encoder")
                 config["text_encoder"]["name"] = "text_encoder"
+            if self.reranker is not None:
+                (tmp / "reranker").mkdir()
+                self.reranker.save_into(tmp / "reranker")
             (tmp / "config.json").write_text(json.dumps(config, indent=2, default=_jsonable))
         return path
 
@@ -200,6 +208,10 @@ class MatchModel:
             fusion, img_cfg["name"] if img_cfg else None, text_name, image_weights,
             ScoreWeights(**config["score_weights"]), ScoreWeights(**config["search_weights"]),
             config.get("threshold"), config.get("info"))
+        if config.get("reranker"):
+            from mmmatch.rerank import PairReranker
+
+            model.reranker = PairReranker.load(path / config["reranker"], device)
         model.path = path
         image, text = model.encoders(device)
         for role, saved, enc, want in (("image", img_cfg, image, fusion.head_.image_dim),

@@ -23,7 +23,7 @@ import pandas as pd
 
 from mmmatch.cache import EmbeddingCache, default_cache_dir
 from mmmatch.catalogue import PROBLEM_COLUMNS, Catalogue, ColumnMap, load_catalogue
-from mmmatch.cluster import DEFAULT_MAX_SIZE, DEFAULT_MUTUAL_K, safe_clusters
+from mmmatch.cluster import DEFAULT_MAX_SIZE, DEFAULT_MUTUAL_K, cluster_pairs, safe_clusters
 from mmmatch.cluster import one_to_one as assign_one_to_one
 from mmmatch.compare import (
     EVIDENCE_COLUMNS,
@@ -164,10 +164,13 @@ class Matcher:
     @property
     def trained_reranker(self) -> Any:
         """The reranker in use: fitted by :meth:`fit_reranker`, else loaded from
-        ``reranker``; ``None`` without one."""
+        ``reranker``, else the trained model's; ``None`` without one."""
         from mmmatch.rerank import PairReranker
 
-        return self._resolve("reranker_", "reranker", PairReranker.load)
+        reranker = self._resolve("reranker_", "reranker", PairReranker.load)
+        if reranker is None and self.trained is not None:
+            return self.trained.reranker
+        return reranker
 
     @property
     def decision_threshold(self) -> float:
@@ -305,6 +308,19 @@ class Matcher:
             DataFrame ``left_id, right_id, score``, the evidence columns, ``rank``
             plus ``left_pos, right_pos`` (row positions in the encoded catalogues).
         """
+        return self._candidates(left, right, layout, k, exclude_self, cross_source)[0]
+
+    def _candidates(
+        self,
+        left: EncodedCatalogue,
+        right: EncodedCatalogue,
+        layout: FusedLayout,
+        k: int | None = None,
+        exclude_self: bool = False,
+        cross_source: bool = False,
+    ) -> tuple[pd.DataFrame, Any]:
+        """:meth:`candidates`, and a function scoring any other pairs of positions the
+        same way (the fitted lexical models and hubness terms reused)."""
         k = k or self.k
         lf = self._fuse(left)
         rf = lf if right is left else self._fuse(right)
@@ -346,18 +362,43 @@ class Matcher:
         out = out.sort_values(["left_pos", "score"], ascending=[True, False], kind="stable")
         out["rank"] = (out.groupby("left_pos", sort=False).cumcount() + 1).astype(np.int32)
         out = out[out["rank"] <= k].reset_index(drop=True)
-        return out[[*PAIR_COLUMNS, "left_pos", "right_pos"]]
+
+        def score(li: np.ndarray, ri: np.ndarray) -> pd.DataFrame:
+            return self._compare(left, right, layout, li, ri, lf, rf, lexical, hub)
+
+        return out[[*PAIR_COLUMNS, "left_pos", "right_pos"]], score
 
     def _rerank(self, pairs: pd.DataFrame, left: EncodedCatalogue, right: EncodedCatalogue
                 ) -> pd.DataFrame:
-        """Add the reranker's ``probability`` (and make it the column decisions use)."""
+        """Add the reranker's ``probability`` (the column decisions then use) and
+        ``decisive``, the features that moved it most."""
         reranker = self.trained_reranker
-        if reranker is None or pairs.empty:
+        if reranker is None:
             return pairs
+        if pairs.empty:
+            return pairs.assign(probability=np.zeros(0, np.float32),
+                                decisive=pd.Series([], dtype=object))
         frame = pairs.assign(
             left_text=left.catalogue.texts[pairs["left_pos"].to_numpy()],
             right_text=right.catalogue.texts[pairs["right_pos"].to_numpy()])
-        return pairs.assign(probability=reranker.predict_proba(frame))
+        return pairs.assign(probability=reranker.predict_proba(frame),
+                            decisive=reranker.decisive(frame).to_numpy())
+
+    def _average_within(self, clusters: pd.DataFrame, enc: EncodedCatalogue, score_pairs: Any,
+                        column: str, min_average: float, cross_source: bool) -> pd.DataFrame:
+        """Average linkage inside each linked group on every pair's own score (not only
+        the retrieved ones): quadratic in a group's size, which the guards keep small."""
+        groups = clusters["cluster_id"].to_numpy()
+        li, ri = _within_pairs(groups)
+        if cross_source:  # same-source rows are never compared: they count as unrelated
+            keep = enc.catalogue.sources[li] != enc.catalogue.sources[ri]
+            li, ri = li[keep], ri[keep]
+        full = self._rerank(score_pairs(li, ri), enc, enc)
+        full = full[np.isfinite(full[column].to_numpy(dtype=np.float64))]
+        floor = float(full[column].min()) if len(full) else min_average
+        return cluster_pairs(full, enc.ids, left="left_id", right="right_id", score=column,
+                             linkage="average", min_average=min_average,
+                             missing=min(floor, min_average) - 1.0)
 
     def _decide(self, pairs: pd.DataFrame, threshold: float | None) -> pd.DataFrame:
         column = "probability" if "probability" in pairs else "score"
@@ -497,13 +538,102 @@ class Matcher:
             model.path = Path(output)
         return self
 
+    def mine_pairs(
+        self,
+        left: Any,
+        right: Any = None,
+        label_column: str = "label",
+        *,
+        k: int | None = None,
+        left_columns: ColumnMap | dict | None = None,
+        right_columns: ColumnMap | dict | None = None,
+        missed_positives: int = 1,
+        seed: int = 0,
+    ) -> pd.DataFrame:
+        """Labelled training pairs mined from labelled catalogues: what retrieval finds.
+
+        Every candidate pair this matcher retrieves (top ``k`` per left row) is labelled
+        by whether the two rows share a label: the negatives are the hard ones retrieval
+        confuses, the positives the ones it finds. Up to ``missed_positives`` same-label
+        partners per left row that retrieval missed are added, so every product teaches.
+
+        Args:
+            left: labelled catalogue (DataFrame, path or Catalogue).
+            right: a second labelled catalogue whose labels mean the same products;
+                ``None`` mines duplicates within ``left`` (each unordered pair once).
+            label_column: the product-id column of both catalogues.
+            k: candidates per row (default: the matcher's ``k``).
+            left_columns: column mapping of ``left``.
+            right_columns: column mapping of ``right``.
+            missed_positives: same-label partners added per row when retrieval missed them.
+            seed: seeds the choice of missed positives.
+
+        Returns:
+            DataFrame ``left_id, right_id, label, left_label, right_label`` (label 1: same
+            product), with the candidates' ``score`` and evidence (NaN for the added
+            positives).
+
+        Raises:
+            ValueError: a catalogue has no labels.
+        """
+        lc = self._labelled(left, left_columns, label_column, "left")
+        same = right is None or right is left
+        rc = lc if same else self._labelled(right, right_columns, label_column, "right")
+        le, re_, layout = self._encode_pair(lc, rc)
+        cands = self.candidates(le, re_, layout, k=k, exclude_self=same)
+        lpos, rpos = cands["left_pos"].to_numpy(), cands["right_pos"].to_numpy()
+        if same:  # a pair and its mirror are one pair: keep the better-ranked copy
+            lo, hi = np.minimum(lpos, rpos), np.maximum(lpos, rpos)
+            keep = ~pd.DataFrame({"a": lo, "b": hi}).duplicated().to_numpy()
+            cands = cands[keep].assign(left_pos=lo[keep], right_pos=hi[keep])
+            cands = cands.assign(left_id=le.ids[cands["left_pos"]],
+                                 right_id=re_.ids[cands["right_pos"]])
+        llab = np.asarray(le.catalogue.labels).astype(str)
+        rlab = np.asarray(re_.catalogue.labels).astype(str)
+        found = set(zip(cands["left_pos"], cands["right_pos"], strict=True))
+        rng = np.random.default_rng(seed)
+        by_label = pd.Series(np.arange(len(rlab))).groupby(rlab).apply(np.asarray).to_dict()
+        extra = []
+        for i, lab in enumerate(llab):
+            partners = [j for j in by_label.get(lab, ()) if not (same and j == i)
+                        and (i, j) not in found and (j, i) not in found]
+            if partners and missed_positives > 0:
+                take = rng.choice(partners, size=min(missed_positives, len(partners)),
+                                  replace=False)
+                extra.extend((i, int(j)) if not same else (min(i, j), max(i, j))
+                             for j in take)
+        extra = sorted(set(extra))
+        added = pd.DataFrame({"left_pos": [a for a, _ in extra],
+                              "right_pos": [b for _, b in extra]}, dtype=np.int64)
+        added["left_id"] = le.ids[added["left_pos"]]
+        added["right_id"] = re_.ids[added["right_pos"]]
+        out = pd.concat([cands, added], ignore_index=True)
+        li, ri = out["left_pos"].to_numpy(), out["right_pos"].to_numpy()
+        out["left_label"], out["right_label"] = llab[li], rlab[ri]
+        out["label"] = (llab[li] == rlab[ri]).astype(int)
+        cols = ["left_id", "right_id", "label", "left_label", "right_label", "score",
+                *EVIDENCE_COLUMNS]
+        return out[cols].reset_index(drop=True)
+
+    def _labelled(self, data: Any, columns: ColumnMap | dict | None, label_column: str,
+                  name: str) -> Catalogue:
+        if isinstance(data, Catalogue):
+            cat = data
+        else:
+            cmap = columns if isinstance(columns, ColumnMap) else ColumnMap(**(columns or {}))
+            cat = load_catalogue(data, dataclasses.replace(cmap, label=label_column), name=name)
+        if cat.labels is None:
+            raise ValueError(f"{name}: no label column {label_column!r} to mine pairs from")
+        return cat
+
     def fit_reranker(
         self,
         left: Any,
-        right: Any,
-        pairs: pd.DataFrame,
+        right: Any = None,
+        pairs: pd.DataFrame | None = None,
         valid: pd.DataFrame | None = None,
         *,
+        label_column: str | None = None,
         valid_fraction: float = 0.2,
         left_columns: ColumnMap | dict | None = None,
         right_columns: ColumnMap | dict | None = None,
@@ -514,14 +644,19 @@ class Matcher:
         seed: int = 0,
         **params: Any,
     ) -> Matcher:
-        """Train the pair reranker on labelled pairs and calibrate its threshold.
+        """Train the pair reranker and calibrate its threshold on held-out pairs.
+
+        Either on labelled pairs (``pairs``), or on pairs mined from labelled catalogues
+        (``label_column``: :meth:`mine_pairs`, positives plus the hard negatives retrieval
+        finds; whole products are then held out for the threshold).
 
         Args:
             left: left catalogue (DataFrame, path or Catalogue).
-            right: right catalogue (the same one for duplicates within a catalogue).
+            right: right catalogue; ``None`` for duplicates within ``left``.
             pairs: ``left_id, right_id, label`` (1 = same product).
             valid: held-out labelled pairs for the threshold; default: ``valid_fraction``
-                of the left items' pairs are held out.
+                of the left items' (or, mined, the products') pairs are held out.
+            label_column: mine the pairs from this product-id column instead.
             valid_fraction: share held out when ``valid`` is not given.
             left_columns: column mapping of ``left``.
             right_columns: column mapping of ``right``.
@@ -529,29 +664,55 @@ class Matcher:
                 :class:`~mmmatch.rerank.CrossEncoderScorer`; slower, better on hard text.
             objective: operating point: ``"f1"``, ``"precision_at"``, ``"recall_at"``.
             target: the floor of ``precision_at`` / ``recall_at``.
-            output: folder to save the reranker in.
+            output: folder to save in: with a trained model in use, the model folder with
+                the reranker inside (``reranker/``); otherwise a reranker folder.
             seed: seed of the split and the models.
             **params: :class:`~mmmatch.rerank.PairReranker` parameters.
 
         Returns:
-            ``self``; the reranker is ``self.reranker_`` and decides from now on.
+            ``self``; the reranker is ``self.reranker_`` and decides from now on (and joins
+            the trained model, when there is one).
+
+        Raises:
+            ValueError: neither ``pairs`` nor ``label_column``, or both.
         """
         from mmmatch.rerank import CrossEncoderScorer, PairReranker, with_texts
 
-        pairs = _labelled_pairs(pairs, "pairs")
-        if valid is None:
-            lefts = pairs["left_id"].unique()
-            rng = np.random.default_rng(seed)
-            held = set(rng.choice(lefts, size=max(1, round(valid_fraction * len(lefts))),
-                                  replace=False))
-            is_valid = pairs["left_id"].isin(held)
-            train, valid = pairs[~is_valid], pairs[is_valid]
+        if (pairs is None) == (label_column is None):
+            raise ValueError("give labelled pairs (pairs=...) or a label column to mine them "
+                             "from (label_column=...), not both")
+        rng = np.random.default_rng(seed)
+        if pairs is not None:
+            lc = load_catalogue(left, left_columns, name="left")
+            rc = lc if right is None or right is left else load_catalogue(
+                right, right_columns, name="right")
+            pairs = _labelled_pairs(pairs, "pairs")
+            if valid is None:
+                lefts = pairs["left_id"].unique()
+                held = set(rng.choice(lefts, size=max(1, round(valid_fraction * len(lefts))),
+                                      replace=False))
+                is_valid = pairs["left_id"].isin(held)
+                train, valid = pairs[~is_valid], pairs[is_valid]
+            else:
+                train, valid = pairs, _labelled_pairs(valid, "valid")
         else:
-            train = pairs
-            valid = _labelled_pairs(valid, "valid")
-        lc = load_catalogue(left, left_columns, name="left")
-        rc = lc if right is left else load_catalogue(right, right_columns, name="right")
-        both = pd.concat([train.assign(_part="train"), valid.assign(_part="valid")],
+            lc = self._labelled(left, left_columns, label_column, "left")
+            rc = lc if right is None or right is left else self._labelled(
+                right, right_columns, label_column, "right")
+            mined = self.mine_pairs(lc, rc, label_column)
+            if valid is None:  # hold out whole products; train never touches their rows
+                labels = np.unique(mined["left_label"])
+                held = rng.choice(labels, size=max(1, round(valid_fraction * len(labels))),
+                                  replace=False)
+                in_l, in_r = mined["left_label"].isin(held), mined["right_label"].isin(held)
+                train, valid = mined[~in_l & ~in_r], mined[in_l]
+            else:
+                train, valid = mined, _labelled_pairs(valid, "valid")
+            if train["label"].nunique() < 2 or valid["label"].nunique() < 2:
+                raise ValueError("the mined pairs need matches and non-matches on both sides "
+                                 "of the split; label more products or raise k")
+        keep = ["left_id", "right_id", "label"]
+        both = pd.concat([train[keep].assign(_part="train"), valid[keep].assign(_part="valid")],
                          ignore_index=True)
         scored = with_texts(self.score_pairs(lc, rc, both), lc, rc)
         ce = None
@@ -565,8 +726,15 @@ class Matcher:
         reranker.calibrate(scored[scored["_part"] == "valid"].reset_index(drop=True),
                            objective, target)
         self.reranker_ = reranker
+        model = self.trained
+        if model is not None:
+            model.reranker = reranker
         if output is not None:
-            reranker.save(output)
+            if model is not None:
+                model.save(output)
+                model.path = Path(output)
+            else:
+                reranker.save(output)
         return self
 
     def _calibrate(self, valid: Catalogue) -> None:
@@ -629,7 +797,9 @@ class Matcher:
 
         Returns:
             One row per pair: ``left_id, right_id, score``, the ``*_sim`` evidence,
-            ``rank, is_match`` and every column of both catalogues, suffixed. Rows that
+            ``rank``, with a reranker ``probability`` and ``decisive`` (the features that
+            moved the probability most, with their log-odds contributions), ``is_match``
+            and every column of both catalogues, suffixed. Rows that
             could not be used (bad images, empty rows) are listed in
             ``result.attrs["problems"]`` (records; ``pd.DataFrame(...)`` tabulates them).
         """
@@ -649,7 +819,7 @@ class Matcher:
             pairs = pairs[pairs["is_match"]]
         ldata = le.catalogue.data.add_suffix(suffixes[0])
         rdata = re_.catalogue.data.add_suffix(suffixes[1])
-        extra = ["probability"] if "probability" in pairs else []
+        extra = ["probability", "decisive"] if "probability" in pairs else []
         out = pd.concat([
             pairs[[*PAIR_COLUMNS, *extra, "is_match"]].reset_index(drop=True),
             ldata.iloc[pairs["left_pos"].to_numpy()].reset_index(drop=True),
@@ -679,6 +849,8 @@ class Matcher:
             left: DataFrame, file path or :class:`~mmmatch.catalogue.Catalogue`.
             right: likewise.
             pairs: ``left_id, right_id`` (other columns, such as a label, are kept).
+                Pass the same object as ``left`` and ``right`` for pairs within one
+                catalogue.
             left_columns: column mapping of ``left``.
             right_columns: column mapping of ``right``.
 
@@ -690,7 +862,10 @@ class Matcher:
             KeyError: a pair names an id that is in neither catalogue.
         """
         lc = load_catalogue(left, left_columns, name="left")
-        rc = load_catalogue(right, right_columns, name="right")
+        # one catalogue against itself (duplicates): scored as dedupe scores it, an item
+        # never counting as its own neighbour
+        same = right is left and right_columns == left_columns
+        rc = lc if same else load_catalogue(right, right_columns, name="right")
         le, re_, layout = self._encode_pair(lc, rc)
         lid = pairs["left_id"].astype(str).to_numpy()
         rid = pairs["right_id"].astype(str).to_numpy()
@@ -722,6 +897,8 @@ class Matcher:
         return_pairs: bool = False,
         mutual_k: int | None = DEFAULT_MUTUAL_K,
         max_cluster_size: int | None = DEFAULT_MAX_SIZE,
+        linkage: Literal["single", "average"] = "single",
+        min_average: float | None = None,
     ) -> pd.DataFrame | tuple[pd.DataFrame, pd.DataFrame]:
         """Give every row a ``cluster_id``; rows of one product share it.
 
@@ -736,19 +913,37 @@ class Matcher:
                 links cannot glue products together.
             max_cluster_size: split larger clusters at their weakest links (``None``: no
                 limit). See :func:`~mmmatch.cluster.safe_clusters`.
+            linkage: ``"average"`` re-clusters each linked group by average linkage over
+                the scores of all its pairs (computed, not only the retrieved ones): two
+                parts merge only while their mean similarity stays at least
+                ``min_average``, which stops chains of weak links between confusable
+                products. Quadratic in a group's size (the guards above keep it small).
+            min_average: the smallest mean similarity of a merge, needed by
+                ``linkage="average"``: a little above the threshold (on the reranker's
+                probability when there is one); choose it on labelled data.
 
         Returns:
             The catalogue's rows with ``cluster_id`` (and ``cluster_size``); rows that could
             not be used are their own cluster and are listed in ``attrs["problems"]`` (records).
             With ``return_pairs``: ``(rows, pairs)``.
         """
+        if linkage not in ("single", "average"):
+            raise ValueError(f"linkage must be 'single' or 'average', got {linkage!r}")
+        if linkage == "average" and min_average is None:
+            raise ValueError("linkage='average' needs min_average (a similarity a little "
+                             "above the threshold; choose it on labelled data)")
         cat = load_catalogue(catalogue, columns)
         enc, _, layout = self._encode_pair(cat, cat)
-        pairs = self.candidates(enc, enc, layout, exclude_self=True, cross_source=cross_source)
+        pairs, score_pairs = self._candidates(enc, enc, layout, exclude_self=True,
+                                              cross_source=cross_source)
         pairs = self._decide(self._rerank(pairs, enc, enc), threshold)
         matched = pairs[pairs["is_match"]]
+        column = "probability" if "probability" in matched else "score"
         clusters = safe_clusters(matched, cat.ids, k=mutual_k, max_size=max_cluster_size,
-                                 score="probability" if "probability" in matched else "score")
+                                 score=column)
+        if linkage == "average":
+            clusters = self._average_within(clusters, enc, score_pairs, column,
+                                            float(min_average), cross_source)
         out = cat.data.copy()
         out["cluster_id"] = clusters["cluster_id"].to_numpy()
         out["cluster_size"] = out.groupby("cluster_id")["cluster_id"].transform("size")
@@ -756,6 +951,21 @@ class Matcher:
         if return_pairs:
             return out, matched.drop(columns=["left_pos", "right_pos"]).reset_index(drop=True)
         return out
+
+
+def _within_pairs(groups: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Every pair ``i < j`` of positions that share a group, (p,) int64 twice."""
+    order = np.argsort(groups, kind="stable")
+    bounds = np.flatnonzero(np.diff(groups[order])) + 1
+    lo, hi = [], []
+    for members in np.split(order, bounds):
+        if len(members) > 1:
+            a, b = np.triu_indices(len(members), 1)
+            lo.append(members[a])
+            hi.append(members[b])
+    if not lo:
+        return np.zeros(0, np.int64), np.zeros(0, np.int64)
+    return np.concatenate(lo).astype(np.int64), np.concatenate(hi).astype(np.int64)
 
 
 def _labelled_pairs(pairs: pd.DataFrame, name: str) -> pd.DataFrame:

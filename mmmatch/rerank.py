@@ -8,10 +8,12 @@ Two parts, both following scikit-learn's contract:
   ``CrossEncoder``.
 * :class:`PairReranker` feeds its score, the retrieval evidence (image / text / n-gram /
   fused cosines) and hand-made pair features (:mod:`mmmatch.pair_features`: codes that agree
-  or clash, numbers and units, brand, price ratio) to scikit-learn's
-  ``HistGradientBoostingClassifier``, which outputs the probability. The cross-encoder
-  scores the gradient-boosted model learns from are out-of-fold (cross-fitting), so it does
-  not learn to trust scores the cross-encoder gives its own training pairs.
+  or clash, numbers and units, brand, price ratio) to LightGBM, which outputs the
+  probability. The cross-encoder scores the gradient-boosted model learns from are
+  out-of-fold (cross-fitting), so it does not learn to trust scores the cross-encoder gives
+  its own training pairs. LightGBM's exact per-pair feature contributions (TreeSHAP, in
+  log-odds) name the features that decided each pair (:meth:`PairReranker.decisive`), and
+  its model is saved as text, so loading a reranker runs no pickled code.
 
 The reranker remembers its training pairs (``training_pairs_``) so a threshold is never
 calibrated on them (:class:`mmmatch.calibrate.ThresholdCalibrator` refuses).
@@ -34,6 +36,9 @@ from mmmatch._io import atomic_dir
 from mmmatch._validation import check_is_fitted
 
 __all__ = ["EVIDENCE_FEATURES", "CrossEncoderScorer", "PairReranker", "with_texts"]
+
+FORMAT_VERSION = 2
+"""Version of the reranker folder layout (2: LightGBM text model)."""
 
 EVIDENCE_FEATURES = ("score", "image_sim", "text_sim", "lexical_sim", "word_sim", "fused_sim")
 """Retrieval evidence columns the reranker uses when the pairs carry them."""
@@ -210,9 +215,10 @@ class PairReranker:
         folds: cross-fitting folds for the cross-encoder scores the booster learns from
             (the final cross-encoder is trained on all pairs); 1 uses in-sample scores.
         features: add :func:`mmmatch.pair_features.pair_features`.
-        max_iter: boosting iterations.
+        max_iter: boosting rounds.
         learning_rate: boosting learning rate.
-        seed: seeds the folds and the booster.
+        num_leaves: leaves per tree.
+        seed: seeds the folds and the booster (training is deterministic).
 
     Example:
         >>> rr = PairReranker().fit(train_pairs)  # doctest: +SKIP
@@ -221,13 +227,19 @@ class PairReranker:
 
     def __init__(self, cross_encoder: CrossEncoderScorer | None = None, folds: int = 2,
                  features: bool = True, max_iter: int = 300, learning_rate: float = 0.05,
-                 seed: int = 0) -> None:
+                 num_leaves: int = 31, seed: int = 0) -> None:
         self.cross_encoder = cross_encoder
         self.folds = folds
         self.features = features
         self.max_iter = max_iter
         self.learning_rate = learning_rate
+        self.num_leaves = num_leaves
         self.seed = seed
+
+    def _booster_params(self) -> dict[str, Any]:
+        return {"objective": "binary", "learning_rate": self.learning_rate,
+                "num_leaves": self.num_leaves, "min_data_in_leaf": 20, "seed": self.seed,
+                "deterministic": True, "force_row_wise": True, "verbose": -1}
 
     def _features(self, pairs: pd.DataFrame, ce: np.ndarray | None) -> pd.DataFrame:
         cols = {}
@@ -264,8 +276,7 @@ class PairReranker:
         Returns:
             ``self``.
         """
-        from sklearn.ensemble import HistGradientBoostingClassifier
-
+        lgb = _lightgbm()
         _check_pairs(pairs, need_label=True)
         y = pairs["label"].to_numpy(dtype=np.int64)
         start = time.perf_counter()
@@ -290,9 +301,9 @@ class PairReranker:
         # a feature no training pair has (e.g. prices absent) carries nothing to learn
         x = x.loc[:, x.notna().any(axis=0)]
         self.feature_names_ = list(x.columns)
-        self.booster_ = HistGradientBoostingClassifier(
-            max_iter=self.max_iter, learning_rate=self.learning_rate,
-            random_state=self.seed).fit(x.to_numpy(dtype=np.float32), y)
+        data = lgb.Dataset(x.to_numpy(dtype=np.float32), label=y,
+                           feature_name=self.feature_names_, free_raw_data=True)
+        self.booster_ = lgb.train(self._booster_params(), data, num_boost_round=self.max_iter)
         self.training_pairs_ = set(zip(pairs["left_id"].astype(str),
                                        pairs["right_id"].astype(str), strict=True))
         self.threshold_: float | None = None
@@ -322,8 +333,8 @@ class PairReranker:
         self.calibration_ = {**cal.operating_point(), "pairs": len(pairs)}
         return self
 
-    def predict_proba(self, pairs: pd.DataFrame) -> np.ndarray:
-        """Probability of "same product" for each pair, (n,) float32."""
+    def _matrix(self, pairs: pd.DataFrame) -> pd.DataFrame:
+        """The features of ``pairs`` in training order, (n, f)."""
         check_is_fitted(self, "booster_")
         _check_pairs(pairs, need_label=False)
         ce = None
@@ -335,52 +346,115 @@ class PairReranker:
         if missing:
             raise ValueError(f"pairs lack the features the reranker was trained with: "
                              f"{missing}")
-        x = x[self.feature_names_]
-        return self.booster_.predict_proba(x.to_numpy(dtype=np.float32))[:, 1].astype(
-            np.float32)
+        return x[self.feature_names_]
+
+    def predict_proba(self, pairs: pd.DataFrame) -> np.ndarray:
+        """Probability of "same product" for each pair, (n,) float32."""
+        x = self._matrix(pairs)
+        if x.empty:
+            return np.zeros(0, dtype=np.float32)
+        return self.booster_.predict(x.to_numpy(dtype=np.float32)).astype(np.float32)
+
+    def contributions(self, pairs: pd.DataFrame) -> pd.DataFrame:
+        """Each feature's exact contribution to each pair's log-odds (TreeSHAP).
+
+        Returns:
+            (n, f + 1) float DataFrame: one column per feature plus ``bias``; a row sums
+            to the pair's log-odds, ``log(p / (1 - p))``.
+        """
+        x = self._matrix(pairs)
+        cols = [*self.feature_names_, "bias"]
+        if x.empty:
+            return pd.DataFrame(columns=cols, dtype=np.float64)
+        c = self.booster_.predict(x.to_numpy(dtype=np.float32), pred_contrib=True)
+        return pd.DataFrame(c, columns=cols, index=pairs.index)
 
     def explain(self, pairs: pd.DataFrame) -> pd.DataFrame:
         """The features of each pair as the booster sees them, plus its probability."""
-        check_is_fitted(self, "booster_")
-        ce = None
-        if self.cross_encoder_ is not None:
-            ce = self.cross_encoder_.predict(pairs["left_text"].tolist(),
-                                             pairs["right_text"].tolist())
-        x = self._features(pairs, ce)[self.feature_names_]
-        x["probability"] = self.booster_.predict_proba(x.to_numpy(np.float32))[:, 1]
+        x = self._matrix(pairs).copy()
+        x["probability"] = self.predict_proba(pairs) if len(x) else np.zeros(0, np.float32)
         return x
 
-    def save(self, folder: str | Path) -> Path:
-        """Write the reranker folder atomically: ``reranker.json`` (features, settings,
-        training pairs), ``booster.joblib`` (scikit-learn's own persistence; load only
-        folders you trust) and the cross-encoder (safetensors)."""
-        import joblib
+    def decisive(self, pairs: pd.DataFrame, top: int = 3) -> pd.Series:
+        """The features that moved each pair's probability most, as readable text.
 
+        Args:
+            pairs: as for :meth:`predict_proba`.
+            top: features named per pair.
+
+        Returns:
+            (n,) strings such as ``"code_clash=1 (-2.31); text_sim=0.93 (+0.85)"``:
+            feature, its value, and its contribution to the log-odds (positive: towards
+            "same product").
+        """
+        x = self._matrix(pairs)
+        contrib = self.contributions(pairs)[self.feature_names_].to_numpy()
+        values = x.to_numpy(dtype=np.float64)
+        order = np.argsort(-np.abs(contrib), axis=1, kind="stable")[:, :top]
+        names = self.feature_names_
+        out = []
+        for row, cols in enumerate(order):
+            parts = [f"{names[c]}={_short(values[row, c])} ({contrib[row, c]:+.2f})"
+                     for c in cols]
+            out.append("; ".join(parts))
+        return pd.Series(out, index=pairs.index, dtype=object)
+
+    def save(self, folder: str | Path) -> Path:
+        """Write the reranker folder atomically: ``reranker.json`` (format, features,
+        settings, threshold, training pairs), ``booster.txt`` (LightGBM's text model: no
+        pickle, so loading runs no code) and the cross-encoder (safetensors)."""
         check_is_fitted(self, "booster_")
         with atomic_dir(folder) as tmp:
-            joblib.dump(self.booster_, tmp / "booster.joblib")
-            if self.cross_encoder_ is not None:
-                self.cross_encoder_.save(tmp / "cross_encoder")
-            (tmp / "reranker.json").write_text(json.dumps({
+            self.save_into(tmp)
+        return Path(folder)
+
+    def save_into(self, tmp: Path) -> None:
+        """Write the reranker's files into an existing (temporary) folder."""
+        import lightgbm
+
+        check_is_fitted(self, "booster_")
+        self.booster_.save_model(str(tmp / "booster.txt"))
+        if self.cross_encoder_ is not None:
+            self.cross_encoder_.save(tmp / "cross_encoder")
+        (tmp / "reranker.json").write_text(json.dumps({
+                "kind": "mmmatch.PairReranker", "format_version": FORMAT_VERSION,
+                "versions": {"lightgbm": lightgbm.__version__},
                 "feature_names": self.feature_names_, "features": self.features,
                 "folds": self.folds, "max_iter": self.max_iter,
-                "learning_rate": self.learning_rate, "seed": self.seed,
+                "learning_rate": self.learning_rate, "num_leaves": self.num_leaves,
+                "seed": self.seed,
                 "threshold": self.threshold_, "calibration": self.calibration_,
+                "fit_seconds": self.fit_seconds_,
                 "training_pairs": sorted(self.training_pairs_)}))
-        return Path(folder)
 
     @classmethod
     def load(cls, folder: str | Path, device: str | None = None) -> PairReranker:
-        """Read a folder written by :meth:`save`."""
-        import joblib
+        """Read a folder written by :meth:`save`, or a model folder that holds one.
 
+        Raises:
+            FileNotFoundError: no reranker at ``folder``.
+            ConfigMismatchError: written by another mmmatch format, or files are missing.
+        """
+        from mmmatch.exceptions import ConfigMismatchError
+
+        lgb = _lightgbm()
         folder = Path(folder)
+        if (folder / "reranker" / "reranker.json").exists():  # a model folder with one
+            folder = folder / "reranker"
         if not (folder / "reranker.json").exists():
             raise FileNotFoundError(f"no mmmatch reranker at {folder} (missing reranker.json)")
         meta = json.loads((folder / "reranker.json").read_text())
+        if meta.get("format_version") != FORMAT_VERSION:
+            raise ConfigMismatchError(
+                f"{folder}: reranker format {meta.get('format_version', 1)}, this mmmatch "
+                f"reads {FORMAT_VERSION}; retrain it (mmmatch train-reranker)")
+        if not (folder / "booster.txt").exists():
+            raise ConfigMismatchError(f"{folder}: booster.txt is missing")
         self = cls(folds=meta["folds"], features=meta["features"], max_iter=meta["max_iter"],
-                   learning_rate=meta["learning_rate"], seed=meta["seed"])
-        self.booster_ = joblib.load(folder / "booster.joblib")
+                   learning_rate=meta["learning_rate"], num_leaves=meta["num_leaves"],
+                   seed=meta["seed"])
+        self.booster_ = lgb.Booster(model_file=str(folder / "booster.txt"))
+        self.fit_seconds_ = float(meta.get("fit_seconds", 0.0))
         self.feature_names_ = meta["feature_names"]
         self.training_pairs_ = {tuple(p) for p in meta["training_pairs"]}
         self.threshold_ = meta.get("threshold")
@@ -403,6 +477,21 @@ def with_texts(pairs: pd.DataFrame, left: Any, right: Any) -> pd.DataFrame:
     return pairs.assign(
         left_text=ltext.reindex(pairs["left_id"].astype(str)).fillna("").to_numpy(),
         right_text=rtext.reindex(pairs["right_id"].astype(str)).fillna("").to_numpy())
+
+
+def _lightgbm() -> Any:
+    import lightgbm
+
+    return lightgbm
+
+
+def _short(value: float) -> str:
+    """A feature value in a few characters (``nan`` for missing)."""
+    if math.isnan(value):
+        return "nan"
+    if value == int(value) and abs(value) < 1e6:
+        return str(int(value))
+    return f"{value:.3g}"
 
 
 def _clone_scorer(scorer: CrossEncoderScorer) -> CrossEncoderScorer:

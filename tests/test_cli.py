@@ -312,4 +312,33 @@ def test_train_reranker_then_match_with_it(demo, tmp_path, capsys):
     assert main(["explain", str(demo.left), str(demo.right), *RIGHT, "--left-id", left_id,
                  "--right-id", right_id, "--reranker", str(out), "-q"]) == 0
     text = capsys.readouterr().out
-    assert "reranker features:" in text and "code_clash" in text and "probability" in text
+    assert "most decisive first" in text and "code_clash" in text and "probability" in text
+    lines = text.split("most decisive first")[1].splitlines()[1:]
+    contrib = [abs(float(line.split()[-1])) for line in lines
+               if line.startswith("    ") and "(base rate)" not in line
+               and line.split()[-1][0] in "+-"]
+    assert len(contrib) >= 5 and contrib == sorted(contrib, reverse=True)
+    assert main(["train-reranker", str(demo.left), str(demo.right), *RIGHT, "-o",
+                 str(tmp_path / "x")]) == 2
+    assert "--pairs" in capsys.readouterr().err
+
+
+def test_train_reranker_mines_pairs_from_a_labelled_catalogue(demo, tmp_path, capsys):
+    left = pd.read_csv(demo.left)
+    right = pd.read_csv(demo.right).rename(columns={"sku": "id", "name": "title"})
+    truth = dict(zip(demo.truth["right_id"], demo.truth["left_id"], strict=True))
+    left["product"] = left["id"]
+    right["product"] = [truth.get(i, f"r{i}") for i in right["id"]]
+    cat = pd.concat([left, right], ignore_index=True)
+    cat["image"] = [str(demo.folder / p) for p in cat["image"]]
+    cat["id"] = [f"x{i}" for i in range(len(cat))]
+    cat.to_csv(tmp_path / "cat.csv", index=False)
+    out = tmp_path / "rr"
+    assert main(["train-reranker", str(tmp_path / "cat.csv"), "--label-column", "product",
+                 "-o", str(out)]) == 0
+    assert "held-out pairs" in capsys.readouterr().err
+    rows = tmp_path / "rows.csv"
+    assert main(["dedupe", str(tmp_path / "cat.csv"), "--reranker", str(out), "--linkage",
+                 "average", "--min-average", "0.6", "-o", str(rows), "-q"]) == 0
+    got = pd.read_csv(rows)
+    assert len(got) == len(cat) and got["cluster_id"].nunique() < len(cat)

@@ -281,3 +281,64 @@ def test_finetune_none_trains_end_to_end_and_saves_the_backbone(labelled, cache_
     image, _ = loaded.encoders()
     assert "+tuned:" in image.encoder_id  # the tuned weights are part of its identity
     assert m.model_.image_weights is not None
+
+
+def test_reranker_mined_from_the_labelled_catalogue_is_saved_in_the_model(
+        trained, labelled, cache_dir, tmp_path):
+    cat, _ = labelled
+    matcher = Matcher(cache_dir=cache_dir, model=trained[1])
+    mined = matcher.mine_pairs(cat, label_column="product", k=5)
+    same = mined["left_label"] == mined["right_label"]
+    assert (mined["label"] == same.astype(int)).all()
+    assert set(mined["label"]) == {0, 1}
+    # each unordered pair once, never an item with itself
+    key = {frozenset(p) for p in zip(mined["left_id"], mined["right_id"], strict=True)}
+    assert len(key) == len(mined) and (mined["left_id"] != mined["right_id"]).all()
+    # every product with more than one row got a positive
+    sizes = cat.groupby("product")["id"].transform("size")
+    multi = set(cat.loc[sizes > 1, "product"])
+    assert multi <= set(mined.loc[mined["label"] == 1, "left_label"])
+
+    out = tmp_path / "with-reranker"
+    matcher.fit_reranker(cat, label_column="product", output=out, max_iter=30)
+    rr = matcher.reranker_
+    # whole products are held out: no trained pair touches a held-out product's rows
+    held = set(mined["left_label"]) - {lab for p in rr.training_pairs_
+                                        for lab in cat.set_index("id").loc[list(p), "product"]}
+    assert held and rr.calibration_["pairs"] > 0
+    config = json.loads((out / "config.json").read_text())
+    assert config["reranker"] == "reranker" and (out / "reranker" / "booster.txt").exists()
+    loaded = MatchModel.load(out)
+    assert loaded.reranker is not None and loaded.reranker.threshold_ == rr.threshold_
+    m2 = Matcher(cache_dir=cache_dir, model=out)
+    assert m2.trained_reranker is not None and m2.decision_threshold == rr.threshold_
+    rows, pairs = m2.dedupe(cat, return_pairs=True)
+    assert {"probability", "decisive"} <= set(pairs.columns)
+    assert (pairs["probability"] >= rr.threshold_).all()
+    assert pairs["decisive"].str.contains(r"\([+-]\d").all()
+
+
+def test_fit_reranker_needs_pairs_or_a_label_column(trained, labelled, cache_dir):
+    cat, _ = labelled
+    m = Matcher(cache_dir=cache_dir, model=trained[1])
+    with pytest.raises(ValueError, match="not both"):
+        m.fit_reranker(cat)
+    with pytest.raises(ValueError, match=r"column 'nope' \(for label\) not found"):
+        m.mine_pairs(cat.drop(columns="product"), label_column="nope")
+
+
+def test_cli_train_reranker_into_the_model_folder_it_reads(trained, labelled, cache_dir,
+                                                           tmp_path, capsys):
+    _, path = labelled
+    folder = tmp_path / "model"
+    shutil.copytree(trained[1], folder)
+    assert main(["train-reranker", str(path), "--label-column", "product", "--model",
+                 str(folder), "-o", str(folder), "--cache-dir", str(cache_dir)]) == 0
+    assert "held-out pairs" in capsys.readouterr().err
+    loaded = MatchModel.load(folder)  # still a whole model, now with its reranker
+    assert loaded.reranker is not None and (folder / "head.safetensors").exists()
+    out = tmp_path / "rows.csv"
+    assert main(["dedupe", str(path), "--model", str(folder), "--cache-dir", str(cache_dir),
+                 "--pairs", str(tmp_path / "pairs.csv"), "-o", str(out), "-q"]) == 0
+    pairs = pd.read_csv(tmp_path / "pairs.csv")
+    assert {"probability", "decisive"} <= set(pairs.columns)

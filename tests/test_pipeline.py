@@ -393,3 +393,45 @@ def test_fit_reranker_rejects_bad_labels(matcher, demo):
     with pytest.raises(ValueError, match="row 4 has label 'yes'"):
         Matcher(cache_dir=matcher.cache_dir).fit_reranker(demo.left, demo.right, pairs,
                                                           right_columns=RIGHT)
+
+
+def test_match_rows_carry_the_decisive_features(matcher, demo):
+    from mmmatch.pipeline import Matcher
+
+    m = Matcher(cache_dir=matcher.cache_dir)
+    m.fit_reranker(demo.left, demo.right, _labelled_demo_pairs(demo), right_columns=RIGHT,
+                   max_iter=30)
+    out = m.match(demo.left, demo.right, right_columns=RIGHT, all_candidates=True)
+    assert out["decisive"].map(lambda s: len(s.split("; "))).eq(3).all()
+    # the first feature named is the one with the largest absolute contribution
+    frame = out.assign(left_text=out["title_left"].fillna(""),
+                       right_text=out["name_right"].fillna(""))
+    contrib = m.reranker_.contributions(frame)[m.reranker_.feature_names_]
+    first = contrib.abs().idxmax(axis=1)
+    assert (out["decisive"].str.split("=").str[0] == first).mean() > 0.95
+
+
+def test_dedupe_average_linkage_never_merges_below_min_average(matcher, demo):
+    cat = pd.concat([pd.read_csv(demo.left),
+                     pd.read_csv(demo.right).rename(columns={"sku": "id", "name": "title"})],
+                    ignore_index=True)
+    cat["image"] = [str(demo.folder / p) for p in cat["image"]]
+    cat["id"] = [f"x{i}" for i in range(len(cat))]
+    rows, pairs = matcher.dedupe(cat, threshold=-0.2, return_pairs=True, mutual_k=None,
+                                 max_cluster_size=None, linkage="average", min_average=0.05)
+    single = matcher.dedupe(cat, threshold=-0.2, mutual_k=None, max_cluster_size=None)
+    assert rows["cluster_id"].nunique() >= single["cluster_id"].nunique()
+    # average linkage refines single linkage: never joins what single linkage kept apart
+    joint = pd.DataFrame({"a": rows["cluster_id"], "s": single["cluster_id"]})
+    assert (joint.groupby("a")["s"].nunique() == 1).all()
+    # every cluster's mean score over all its pairs (retrieved or not) is >= min_average
+    multi = rows[rows["cluster_size"] > 1]
+    assert len(multi)
+    for _, group in multi.groupby("cluster_id"):
+        ids = group["id"].tolist()
+        pairs_all = pd.DataFrame([(a, b) for i, a in enumerate(ids) for b in ids[i + 1:]],
+                                 columns=["left_id", "right_id"])
+        scored = matcher.score_pairs(cat, cat, pairs_all)
+        assert scored["score"].mean() >= 0.05 - 1e-6
+    with pytest.raises(ValueError, match="min_average"):
+        matcher.dedupe(cat, linkage="average")

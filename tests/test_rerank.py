@@ -121,3 +121,38 @@ def test_reranker_checks_columns_and_labels():
     rr = PairReranker(None, max_iter=20).fit(pairs)
     with pytest.raises(ValueError, match="features"):
         rr.predict_proba(pairs.drop(columns="score"))
+
+
+def test_contributions_sum_to_the_log_odds_and_name_the_decisive_features():
+    pairs = _toy_pairs(80)
+    rr = PairReranker(None, max_iter=40).fit(pairs)
+    test = _toy_pairs(30, seed=2)
+    p = rr.predict_proba(test).astype(np.float64)
+    c = rr.contributions(test)
+    assert list(c.columns) == [*rr.feature_names_, "bias"]
+    np.testing.assert_allclose(c.sum(axis=1), np.log(p / (1 - p)), atol=1e-4)
+    reasons = rr.decisive(test, top=2)
+    assert len(reasons) == len(test)
+    for i, text in enumerate(reasons):
+        parts = text.split("; ")
+        assert len(parts) == 2
+        # the named features are the two with the largest absolute contributions
+        feats = c.iloc[i][rr.feature_names_].abs().sort_values(ascending=False, kind="stable")
+        assert [part.split("=")[0] for part in parts] == list(feats.index[:2])
+
+
+def test_reranker_load_refuses_other_formats(tmp_path):
+    import json
+
+    from mmmatch.exceptions import ConfigMismatchError
+
+    rr = PairReranker(None, max_iter=10).fit(_toy_pairs(60))
+    folder = rr.save(tmp_path / "rr")
+    assert (folder / "booster.txt").read_text().startswith("tree")  # a text model, no pickle
+    meta = json.loads((folder / "reranker.json").read_text())
+    meta["format_version"] = 1
+    (folder / "reranker.json").write_text(json.dumps(meta))
+    with pytest.raises(ConfigMismatchError, match="retrain"):
+        PairReranker.load(folder)
+    with pytest.raises(FileNotFoundError, match="reranker.json"):
+        PairReranker.load(tmp_path / "nothing")
