@@ -28,6 +28,7 @@ from mmmatch.exceptions import (
 from mmmatch.index import EmbeddingIndex
 from mmmatch.model import MatchModel
 from mmmatch.pipeline import Matcher, dedupe, match
+from mmmatch.reporting import report
 from mmmatch.search import SearchIndex
 from mmmatch.similarity import Metric
 
@@ -52,4 +53,5 @@ __all__ = [
     "list_encoders",
     "load_catalogue",
     "match",
+    "report",
 ]

@@ -7,6 +7,7 @@ status 2; set ``MMMATCH_DEBUG=1`` to see the traceback.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 import tempfile
@@ -270,6 +271,58 @@ def cmd_explain(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_report(args: argparse.Namespace) -> int:
+    from mmmatch.catalogue import read_table
+    from mmmatch.reporting import report
+
+    source = Path(args.matches_or_model)
+    left_cols = parse_columns(args.left_columns or args.columns)
+    right_cols = parse_columns(args.right_columns or args.columns)
+    gold = read_table(args.gold) if args.gold else None
+    calibration: Any = None
+    if args.calibration:
+        calibration = json.loads(Path(args.calibration).read_text())
+    common = {"gold": gold, "threshold": args.threshold, "title": args.title,
+              "max_pairs": args.max_pairs, "max_clusters": args.max_clusters,
+              "left_columns": left_cols, "right_columns": right_cols}
+    if source.is_dir():  # a model or reranker folder: match (or dedupe) first
+        if not args.left:
+            raise MmmatchError(f"{source} is a folder: give the catalogue(s) to match with it "
+                               "(mmmatch report MODEL LEFT [RIGHT] -o report.html)")
+        is_reranker = (source / "reranker.json").exists()
+        if not is_reranker and not (source / "config.json").exists():
+            raise MmmatchError(f"{source} is neither a model (config.json) nor a reranker "
+                               "(reranker.json) folder")
+        if is_reranker:
+            args.reranker = str(source)
+        else:
+            args.model = str(source)
+        matcher = _matcher(args)
+        reranker = matcher.trained_reranker
+        calibration = calibration or (reranker.calibration_ if reranker is not None else
+                                      (matcher.trained.info.get("calibration")
+                                       if matcher.trained is not None else None))
+        threshold = args.threshold if args.threshold is not None else matcher.decision_threshold
+        common["threshold"] = threshold
+        if args.right:
+            pairs = matcher.match(args.left, args.right, left_columns=left_cols,
+                                  right_columns=right_cols, all_candidates=True,
+                                  one_to_one=args.one_to_one or False)
+            out = report(pairs, args.left, args.right, output=args.output,
+                         calibration=calibration, **common)
+        else:
+            rows, pairs = matcher.dedupe(args.left, columns=left_cols, return_pairs=True)
+            out = report(pairs, args.left, args.left, output=args.output, clusters=rows,
+                         calibration=calibration, problems=rows.attrs.get("problems"),
+                         **common)
+    else:
+        out = report(source, args.left, args.right or None, output=args.output,
+                     calibration=calibration, **common)
+    if not args.quiet:
+        print(f"mmmatch: report written to {out}", file=sys.stderr)
+    return 0
+
+
 def _describe(catalogue: Any, item_id: str) -> str:
     hits = np.flatnonzero(catalogue.ids == str(item_id))
     if not len(hits):
@@ -445,6 +498,28 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--right-columns", help="column roles of the right catalogue")
     _add_matcher_options(p)
     p.set_defaults(func=cmd_explain)
+
+    p = sub.add_parser("report", help="write a self-contained HTML report of matches")
+    p.add_argument("matches_or_model", metavar="MATCHES_OR_MODEL",
+                   help="a matches file (mmmatch match --all-candidates; dedupe pairs) or a "
+                   "model / reranker folder to match LEFT [RIGHT] with first")
+    p.add_argument("left", nargs="?", help="left catalogue (thumbnails, titles, sizes)")
+    p.add_argument("right", nargs="?", help="right catalogue (without it, with a model: "
+                   "a dedupe of LEFT)")
+    p.add_argument("-o", "--output", required=True, help="the .html file (written atomically)")
+    p.add_argument("--gold", help="true pairs (left_id, right_id[, label]): adds precision / "
+                   "recall / F1 and the precision-recall curve")
+    p.add_argument("--calibration", help="JSON of how the threshold was chosen")
+    p.add_argument("--title", default="mmmatch match report")
+    p.add_argument("--max-pairs", type=int, default=500, help="pair cards (default: "
+                   "%(default)s, the most uncertain first)")
+    p.add_argument("--max-clusters", type=int, default=20)
+    p.add_argument("--one-to-one", nargs="?", const="greedy", choices=["greedy", "hungarian"])
+    p.add_argument("--columns", help=col_help + " (both sides)")
+    p.add_argument("--left-columns", help="column roles of the left catalogue")
+    p.add_argument("--right-columns", help="column roles of the right catalogue")
+    _add_matcher_options(p)
+    p.set_defaults(func=cmd_report)
 
     p = sub.add_parser("search", help="search an index with a photo, a title, or both")
     p.add_argument("index", help="folder written by 'mmmatch index'")

@@ -23,7 +23,7 @@ import pandas as pd
 
 from mmmatch.cache import EmbeddingCache, default_cache_dir
 from mmmatch.catalogue import PROBLEM_COLUMNS, Catalogue, ColumnMap, load_catalogue
-from mmmatch.cluster import DEFAULT_MAX_SIZE, DEFAULT_MUTUAL_K, cluster_pairs, safe_clusters
+from mmmatch.cluster import DEFAULT_MAX_SIZE, DEFAULT_MUTUAL_K, safe_clusters
 from mmmatch.cluster import one_to_one as assign_one_to_one
 from mmmatch.compare import (
     EVIDENCE_COLUMNS,
@@ -308,19 +308,6 @@ class Matcher:
             DataFrame ``left_id, right_id, score``, the evidence columns, ``rank``
             plus ``left_pos, right_pos`` (row positions in the encoded catalogues).
         """
-        return self._candidates(left, right, layout, k, exclude_self, cross_source)[0]
-
-    def _candidates(
-        self,
-        left: EncodedCatalogue,
-        right: EncodedCatalogue,
-        layout: FusedLayout,
-        k: int | None = None,
-        exclude_self: bool = False,
-        cross_source: bool = False,
-    ) -> tuple[pd.DataFrame, Any]:
-        """:meth:`candidates`, and a function scoring any other pairs of positions the
-        same way (the fitted lexical models and hubness terms reused)."""
         k = k or self.k
         lf = self._fuse(left)
         rf = lf if right is left else self._fuse(right)
@@ -362,11 +349,7 @@ class Matcher:
         out = out.sort_values(["left_pos", "score"], ascending=[True, False], kind="stable")
         out["rank"] = (out.groupby("left_pos", sort=False).cumcount() + 1).astype(np.int32)
         out = out[out["rank"] <= k].reset_index(drop=True)
-
-        def score(li: np.ndarray, ri: np.ndarray) -> pd.DataFrame:
-            return self._compare(left, right, layout, li, ri, lf, rf, lexical, hub)
-
-        return out[[*PAIR_COLUMNS, "left_pos", "right_pos"]], score
+        return out[[*PAIR_COLUMNS, "left_pos", "right_pos"]]
 
     def _rerank(self, pairs: pd.DataFrame, left: EncodedCatalogue, right: EncodedCatalogue
                 ) -> pd.DataFrame:
@@ -383,22 +366,6 @@ class Matcher:
             right_text=right.catalogue.texts[pairs["right_pos"].to_numpy()])
         return pairs.assign(probability=reranker.predict_proba(frame),
                             decisive=reranker.decisive(frame).to_numpy())
-
-    def _average_within(self, clusters: pd.DataFrame, enc: EncodedCatalogue, score_pairs: Any,
-                        column: str, min_average: float, cross_source: bool) -> pd.DataFrame:
-        """Average linkage inside each linked group on every pair's own score (not only
-        the retrieved ones): quadratic in a group's size, which the guards keep small."""
-        groups = clusters["cluster_id"].to_numpy()
-        li, ri = _within_pairs(groups)
-        if cross_source:  # same-source rows are never compared: they count as unrelated
-            keep = enc.catalogue.sources[li] != enc.catalogue.sources[ri]
-            li, ri = li[keep], ri[keep]
-        full = self._rerank(score_pairs(li, ri), enc, enc)
-        full = full[np.isfinite(full[column].to_numpy(dtype=np.float64))]
-        floor = float(full[column].min()) if len(full) else min_average
-        return cluster_pairs(full, enc.ids, left="left_id", right="right_id", score=column,
-                             linkage="average", min_average=min_average,
-                             missing=min(floor, min_average) - 1.0)
 
     def _decide(self, pairs: pd.DataFrame, threshold: float | None) -> pd.DataFrame:
         column = "probability" if "probability" in pairs else "score"
@@ -763,7 +730,8 @@ class Matcher:
             self.weights = given
         assert best is not None
         model.threshold, model.score_weights = best[0], best[2]
-        model.info["calibration"] = {"valid_f1": best[1], "threshold": best[0],
+        model.info["calibration"] = {"objective": "f1", "f1": best[1],
+                                     "valid_f1": best[1], "threshold": best[0],
                                      "fused_weight": best[2].fused, "valid_rows": len(valid)}
 
     # -- user-level operations --------------------------------------------------------------
@@ -913,11 +881,12 @@ class Matcher:
                 links cannot glue products together.
             max_cluster_size: split larger clusters at their weakest links (``None``: no
                 limit). See :func:`~mmmatch.cluster.safe_clusters`.
-            linkage: ``"average"`` re-clusters each linked group by average linkage over
-                the scores of all its pairs (computed, not only the retrieved ones): two
-                parts merge only while their mean similarity stays at least
-                ``min_average``, which stops chains of weak links between confusable
-                products. Quadratic in a group's size (the guards above keep it small).
+            linkage: ``"average"`` re-clusters each linked group by average linkage: two
+                parts merge only while the mean score of their pairs stays at least
+                ``min_average`` (a pair that is not a match counts as the lowest match
+                score), which stops chains of weak links between confusable products.
+                (Scoring every pair of a group instead was worse on the Grocery Store
+                ``val`` photos: per-item F1 0.749 against 0.837.)
             min_average: the smallest mean similarity of a merge, needed by
                 ``linkage="average"``: a little above the threshold (on the reranker's
                 probability when there is one); choose it on labelled data.
@@ -934,16 +903,12 @@ class Matcher:
                              "above the threshold; choose it on labelled data)")
         cat = load_catalogue(catalogue, columns)
         enc, _, layout = self._encode_pair(cat, cat)
-        pairs, score_pairs = self._candidates(enc, enc, layout, exclude_self=True,
-                                              cross_source=cross_source)
+        pairs = self.candidates(enc, enc, layout, exclude_self=True, cross_source=cross_source)
         pairs = self._decide(self._rerank(pairs, enc, enc), threshold)
         matched = pairs[pairs["is_match"]]
         column = "probability" if "probability" in matched else "score"
         clusters = safe_clusters(matched, cat.ids, k=mutual_k, max_size=max_cluster_size,
-                                 score=column)
-        if linkage == "average":
-            clusters = self._average_within(clusters, enc, score_pairs, column,
-                                            float(min_average), cross_source)
+                                 linkage=linkage, min_average=min_average, score=column)
         out = cat.data.copy()
         out["cluster_id"] = clusters["cluster_id"].to_numpy()
         out["cluster_size"] = out.groupby("cluster_id")["cluster_id"].transform("size")
@@ -951,21 +916,6 @@ class Matcher:
         if return_pairs:
             return out, matched.drop(columns=["left_pos", "right_pos"]).reset_index(drop=True)
         return out
-
-
-def _within_pairs(groups: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Every pair ``i < j`` of positions that share a group, (p,) int64 twice."""
-    order = np.argsort(groups, kind="stable")
-    bounds = np.flatnonzero(np.diff(groups[order])) + 1
-    lo, hi = [], []
-    for members in np.split(order, bounds):
-        if len(members) > 1:
-            a, b = np.triu_indices(len(members), 1)
-            lo.append(members[a])
-            hi.append(members[b])
-    if not lo:
-        return np.zeros(0, np.int64), np.zeros(0, np.int64)
-    return np.concatenate(lo).astype(np.int64), np.concatenate(hi).astype(np.int64)
 
 
 def _labelled_pairs(pairs: pd.DataFrame, name: str) -> pd.DataFrame:

@@ -342,3 +342,21 @@ def test_train_reranker_mines_pairs_from_a_labelled_catalogue(demo, tmp_path, ca
                  "average", "--min-average", "0.6", "-o", str(rows), "-q"]) == 0
     got = pd.read_csv(rows)
     assert len(got) == len(cat) and got["cluster_id"].nunique() < len(cat)
+
+
+def test_report_from_a_matches_file_and_from_a_reranker_folder(demo, tmp_path, capsys):
+    matches = tmp_path / "m.csv"
+    assert main(["match", str(demo.left), str(demo.right), *RIGHT, "--all-candidates",
+                 "-o", str(matches), "-q"]) == 0
+    demo.truth.to_csv(tmp_path / "gold.csv", index=False)
+    html = tmp_path / "r.html"
+    assert main(["report", str(matches), str(demo.left), str(demo.right), *RIGHT, "--gold",
+                 str(tmp_path / "gold.csv"), "-o", str(html)]) == 0
+    assert "report written" in capsys.readouterr().err
+    text = html.read_text()
+    n_cards = text.count('class="pair-card')
+    assert n_cards == min(500, len(pd.read_csv(matches)))
+    assert "precision" in text and "http://" not in text and "https://" not in text
+    # a folder that is neither a model nor a reranker is refused with one line
+    assert main(["report", str(tmp_path), str(demo.left), "-o", str(html)]) == 2
+    assert "neither a model" in capsys.readouterr().err

@@ -312,7 +312,7 @@ def test_reranker_mined_from_the_labelled_catalogue_is_saved_in_the_model(
     assert loaded.reranker is not None and loaded.reranker.threshold_ == rr.threshold_
     m2 = Matcher(cache_dir=cache_dir, model=out)
     assert m2.trained_reranker is not None and m2.decision_threshold == rr.threshold_
-    rows, pairs = m2.dedupe(cat, return_pairs=True)
+    _, pairs = m2.dedupe(cat, return_pairs=True)
     assert {"probability", "decisive"} <= set(pairs.columns)
     assert (pairs["probability"] >= rr.threshold_).all()
     assert pairs["decisive"].str.contains(r"\([+-]\d").all()
@@ -342,3 +342,15 @@ def test_cli_train_reranker_into_the_model_folder_it_reads(trained, labelled, ca
                  "--pairs", str(tmp_path / "pairs.csv"), "-o", str(out), "-q"]) == 0
     pairs = pd.read_csv(tmp_path / "pairs.csv")
     assert {"probability", "decisive"} <= set(pairs.columns)
+
+
+def test_report_of_a_dedupe_by_the_model(trained, labelled, cache_dir, tmp_path, capsys):
+    _, path = labelled
+    html = tmp_path / "dedupe.html"
+    assert main(["report", str(trained[1]), str(path), "--cache-dir", str(cache_dir),
+                 "-o", str(html), "-q"]) == 0
+    rows = Matcher(cache_dir=cache_dir, model=trained[1]).dedupe(path)
+    text = html.read_text()
+    multi = rows.loc[rows["cluster_size"] > 1, "cluster_id"].nunique()
+    assert text.count('class="cluster-strip') == min(20, multi)
+    assert "best F1" in text or "held-out" in text  # how the threshold was chosen

@@ -154,5 +154,5 @@ def test_reranker_load_refuses_other_formats(tmp_path):
     (folder / "reranker.json").write_text(json.dumps(meta))
     with pytest.raises(ConfigMismatchError, match="retrain"):
         PairReranker.load(folder)
-    with pytest.raises(FileNotFoundError, match="reranker.json"):
+    with pytest.raises(FileNotFoundError, match=r"reranker\.json"):
         PairReranker.load(tmp_path / "nothing")
