@@ -323,6 +323,18 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_serve(args: argparse.Namespace) -> int:
+    try:
+        from mmmatch.serve import ServeLimits, serve
+    except ImportError as exc:  # the [serve] extra is not installed
+        raise MmmatchError(str(exc)) from None
+    limits = ServeLimits(max_request_bytes=int(args.max_upload_mb * 2**20), max_k=args.max_k)
+    serve(args.paths, host=args.host, port=args.port, api_key=args.api_key,
+          max_batch=args.max_batch, max_wait_ms=args.max_wait_ms, limits=limits,
+          compact_every=args.compact_every, device=args.device, log_level=args.log_level)
+    return 0
+
+
 def _describe(catalogue: Any, item_id: str) -> str:
     hits = np.flatnonzero(catalogue.ids == str(item_id))
     if not len(hits):
@@ -520,6 +532,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--right-columns", help="column roles of the right catalogue")
     _add_matcher_options(p)
     p.set_defaults(func=cmd_report)
+
+    p = sub.add_parser("serve", help="serve search indexes over HTTP (FastAPI + uvicorn)")
+    p.add_argument("paths", nargs="+", metavar="MODEL_OR_INDEX_DIR",
+                   help="an index folder (mmmatch index), a model folder (served as an empty "
+                   "index to add items to), a folder of index folders, or NAME=PATH")
+    p.add_argument("--host", default="127.0.0.1", help="(default: %(default)s)")
+    p.add_argument("--port", type=int, default=8000, help="(default: %(default)s)")
+    p.add_argument("--api-key", help="require this X-API-Key header (default: "
+                   "$MMMATCH_API_KEY; none: open)")
+    p.add_argument("--max-batch", type=int, default=32,
+                   help="concurrent queries embedded together (default: %(default)s)")
+    p.add_argument("--max-wait-ms", type=float, default=5.0,
+                   help="how long a query waits for others to batch with (default: "
+                   "%(default)s)")
+    p.add_argument("--max-upload-mb", type=float, default=64, help="largest request body")
+    p.add_argument("--max-k", type=int, default=100, help="largest k (default: %(default)s)")
+    p.add_argument("--compact-every", type=int, default=1000,
+                   help="rewrite the index snapshot after this many journaled changes")
+    p.add_argument("--device", help="torch device")
+    p.add_argument("--log-level", default="info")
+    p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("search", help="search an index with a photo, a title, or both")
     p.add_argument("index", help="folder written by 'mmmatch index'")

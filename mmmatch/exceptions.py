@@ -10,7 +10,9 @@ from __future__ import annotations
 __all__ = [
     "CatalogueError",
     "ConfigMismatchError",
+    "DuplicateIdError",
     "ImageError",
+    "ItemNotFoundError",
     "MmmatchError",
     "NotFittedError",
     "UnknownEncoderError",
@@ -23,6 +25,33 @@ class MmmatchError(Exception):
 
 class CatalogueError(MmmatchError, ValueError):
     """A catalogue is malformed: missing columns, bad or duplicate ids, empty rows, bad images."""
+
+
+class DuplicateIdError(CatalogueError):
+    """Items to add have ids that are already in the index (or repeated among them).
+
+    Attributes:
+        ids: the offending ids.
+    """
+
+    def __init__(self, message: str, ids: list[str]) -> None:
+        self.ids = ids
+        super().__init__(message)
+
+
+class ItemNotFoundError(MmmatchError, KeyError):
+    """Item ids that are not in the index.
+
+    Attributes:
+        ids: the unknown ids.
+    """
+
+    def __init__(self, message: str, ids: list[str]) -> None:
+        self.ids = ids
+        super().__init__(message)
+
+    def __str__(self) -> str:  # KeyError would quote the message
+        return str(self.args[0])
 
 
 class ImageError(MmmatchError, ValueError):

@@ -204,6 +204,41 @@ class Counting:
         return self._inner.encode_uint8(pixels)
 
 
+FAKE_ENCODERS = {"image": "tiny-image", "text": "hash-text"}
+"""Names under which :func:`install_fake_encoders` makes ``get_encoder`` return the fakes."""
+
+
+def install_fake_encoders(patch: Callable[..., Any] = setattr) -> dict[str, Any]:
+    """Make ``get_encoder("tiny-image")`` / ``get_encoder("hash-text")`` return one
+    :class:`TinyImageEncoder` / :class:`HashTextEncoder` each, so a ``Matcher``, a saved
+    ``SearchIndex`` and a server subprocess can use them by name.
+
+    Args:
+        patch: how to replace ``mmmatch.encoders._build`` (``monkeypatch.setattr`` in a
+            test; the builtin ``setattr`` in a subprocess).
+
+    Returns:
+        ``{"tiny-image": TinyImageEncoder, "hash-text": HashTextEncoder}``.
+    """
+    import mmmatch.encoders as encoders
+
+    fakes: dict[str, Any] = {FAKE_ENCODERS["image"]: TinyImageEncoder(),
+                             FAKE_ENCODERS["text"]: HashTextEncoder()}
+    original = encoders._build
+
+    def build(name: str, modality: Any, device: Any, kw: tuple) -> Any:
+        return fakes[name] if name in fakes else original(name, modality, device, kw)
+
+    patch(encoders, "_build", build)
+    return fakes
+
+
+@pytest.fixture
+def fake_encoders(monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
+    """The fakes of :func:`install_fake_encoders`, for this test only."""
+    return install_fake_encoders(monkeypatch.setattr)
+
+
 @pytest.fixture
 def fake_text_encoder() -> HashTextEncoder:
     return HashTextEncoder()

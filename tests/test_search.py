@@ -4,11 +4,18 @@ import shutil
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import image_bytes
 
+from mmmatch._journal import encode_record
 from mmmatch.compare import EVIDENCE_COLUMNS, SIGNALS
-from mmmatch.exceptions import ConfigMismatchError, MmmatchError
+from mmmatch.exceptions import (
+    ConfigMismatchError,
+    DuplicateIdError,
+    ItemNotFoundError,
+    MmmatchError,
+)
 from mmmatch.pipeline import Matcher
-from mmmatch.search import SearchIndex
+from mmmatch.search import JOURNAL_FILE, PreparedItems, SearchIndex
 
 RESULT_COLUMNS = ["rank", "id", "title", "score", *EVIDENCE_COLUMNS]
 
@@ -264,3 +271,230 @@ def test_title_only_queries_use_the_title_search_weights(built, left):
     np.testing.assert_allclose(res["score"], (np.where(have, vals, 0) @ ws) / (have @ ws),
                                atol=1e-5)
     assert w != built.matcher.search_score_weights.to_dict()
+
+
+# -- changing an index: add / remove, the journal, crashes ------------------------------------
+
+PRODUCTS = ["oat milk 1 l", "green tea 20 bags", "sony nnsd797s microwave", "orange juice 1 l",
+            "red apple 6 pack", "blue cheese 200 g", "sony nnsd767s microwave", "black coffee"]
+
+
+@pytest.fixture
+def products():
+    """Eight products with a photo (bytes), a title and a price."""
+    return pd.DataFrame({"id": [f"p{i}" for i in range(8)], "title": PRODUCTS,
+                         "image": [image_bytes(i) for i in range(8)],
+                         "price": [1.5 + i for i in range(8)]})
+
+
+@pytest.fixture
+def fake_matcher(fake_encoders):
+    return Matcher(image_encoder="tiny-image", text_encoder="hash-text", cache_dir=False)
+
+
+@pytest.fixture
+def small(products, fake_matcher, tmp_path):
+    """The first four products indexed and saved; returns the folder."""
+    return SearchIndex.build(products.iloc[:4], fake_matcher).save(tmp_path / "small")
+
+
+def _ranking(index, products, rows=range(8)):
+    """Ids and scores of photo + title searches of some products."""
+    res = index.search_batch(images=products["image"].iloc[list(rows)].tolist(),
+                             titles=products["title"].iloc[list(rows)].tolist(), k=5)
+    return res[["query", "id", "score", "lexical_sim"]].reset_index(drop=True)
+
+
+def test_add_and_remove_change_what_search_finds(products, fake_matcher):
+    index = SearchIndex.build(products.iloc[:4], fake_matcher)
+    assert index.add(products.iloc[4:6]) == ["p4", "p5"]
+    assert len(index) == 6 and "p5" in index
+    assert index.items["_id"].tolist() == [f"p{i}" for i in range(6)]
+    assert index.search(image=products["image"][5], k=1)["id"].tolist() == ["p5"]
+    assert index.search(title="blue cheese 200 g", k=1)["price"].tolist() == [6.5]
+    assert index.remove(["p5", "p1"]) == 2
+    assert len(index) == 4 and "p5" not in index
+    assert index.items["_id"].tolist() == ["p0", "p2", "p3", "p4"]
+    found = index.search(image=products["image"][5], title="blue cheese 200 g", k=10)
+    assert "p5" not in found["id"].tolist() and len(found) == 4
+    assert index.get_items(["p4"])[["id", "title", "price"]].values.tolist() == [
+        ["p4", "red apple 6 pack", 5.5]]
+
+
+def test_add_rejects_duplicate_ids_and_remove_unknown_ids(products, fake_matcher):
+    index = SearchIndex.build(products.iloc[:4], fake_matcher)
+    with pytest.raises(DuplicateIdError, match="already in the index: 'p2', 'p3'") as err:
+        index.add(products.iloc[2:6])
+    assert err.value.ids == ["p2", "p3"]
+    assert len(index) == 4  # nothing added
+    with pytest.raises(ItemNotFoundError, match="'nope'") as err:
+        index.remove(["p0", "nope"])
+    assert err.value.ids == ["nope"] and len(index) == 4  # nothing removed
+    with pytest.raises(ItemNotFoundError):
+        index.get_items(["nope"])
+
+
+def test_prepared_items_are_added_without_embedding_again(products, fake_matcher, fake_encoders):
+    index = SearchIndex.build(products.iloc[:4], fake_matcher)
+    prepared = index.prepare(products.iloc[4:6])
+    assert isinstance(prepared, PreparedItems) and len(prepared) == 2
+    assert prepared.vectors.shape == (2, index.layout.dim)
+    assert prepared.rows[0]["image"].endswith(" bytes>")  # JSON-safe
+    calls = fake_encoders["hash-text"].calls
+    index.add(prepared)
+    assert fake_encoders["hash-text"].calls == calls
+    with pytest.raises(DuplicateIdError):  # checked again under the lock
+        index.add(prepared)
+
+
+def test_add_keeps_the_lexical_vocabulary_until_it_is_stale(products, fake_matcher):
+    index = SearchIndex.build(products.iloc[:4], fake_matcher)
+    index.search(title="tea", k=1)  # fits the lexical models on the four texts
+    before = index._lexical["lexical"][0]
+    index.add(products.iloc[4:5])  # 1 added >= max(1, 25% of 4 texts): refitted
+    assert index._lexical["lexical"][0] is not before
+    big = SearchIndex.build(products, fake_matcher)
+    big.search(title="tea", k=1)
+    model = big._lexical["lexical"][0]
+    big.remove(["p7"])
+    big.add(products.iloc[7:8])  # 1 added < 25% of 8: transformed with the same vocabulary
+    lex_model, items_lex = big._lexical["lexical"]
+    assert lex_model is model and items_lex.shape[0] == 8
+    new_row = items_lex[big._positions.get_loc("p7")]
+    np.testing.assert_allclose(new_row.toarray(), model.transform([PRODUCTS[7]]).toarray())
+    assert big.search(title="black coffee", k=1)["id"].tolist() == ["p7"]
+    big.add(pd.DataFrame({"id": ["x"], "title": ["white tea"]}))  # 2 >= 25% of 8: refit
+    assert big._lexical["lexical"][0] is not model
+
+
+def test_empty_index_fills_up(products, fake_matcher, tmp_path):
+    index = SearchIndex.empty(fake_matcher)
+    assert len(index) == 0 and index.layout.image_dim == 192
+    assert index.search(title="tea").empty
+    index.save(tmp_path / "empty")
+    with SearchIndex.open(tmp_path / "empty") as live:
+        assert live.search(image=products["image"][0], k=3).empty
+        live.add(products.iloc[:3])
+        assert live.search(title="green tea 20 bags", k=1)["id"].tolist() == ["p1"]
+    loaded = SearchIndex.load(tmp_path / "empty")
+    assert loaded.items["_id"].tolist() == ["p0", "p1", "p2"]
+    assert loaded.search(image=products["image"][2], k=1)["id"].tolist() == ["p2"]
+
+
+def test_search_batch_can_skip_bad_queries(products, fake_matcher):
+    index = SearchIndex.build(products.iloc[:4], fake_matcher)
+    res = index.search_batch(images=[None, b"junk", products["image"][1], None],
+                             titles=[None, "tea", None, "orange juice 1 l"], k=2,
+                             on_bad_query="skip")
+    assert sorted(set(res["query"])) == [2, 3]
+    assert res.groupby("query")["id"].first().tolist() == ["p1", "p3"]
+    problems = res.attrs["problems"]
+    assert [(p["query"], p["field"], p["problem"]) for p in problems] == [
+        (0, None, "empty_query"), (1, "image", "unreadable")]
+    with pytest.raises(MmmatchError, match="query 1: image unreadable"):
+        index.search_batch(images=[None, b"junk"], titles=["tea", None])
+    with pytest.raises(ValueError, match="k must be"):
+        index.search_batch(titles=["tea"], k=0)
+
+
+def test_opened_index_journals_each_change_before_returning(products, small):
+    with SearchIndex.open(small) as live:
+        live.add(products.iloc[4:6])
+        live.remove(["p0"])
+        assert live.pending_changes == 2
+        lines = (small / JOURNAL_FILE).read_bytes().splitlines()
+        assert [json.loads(line)["op"] for line in lines] == ["add", "remove"]
+        # another reader sees snapshot + journal
+        other = SearchIndex.load(small)
+        assert other.items["_id"].tolist() == ["p1", "p2", "p3", "p4", "p5"]
+        expected = _ranking(live, products)
+        pd.testing.assert_frame_equal(_ranking(other, products), expected)
+    # closing compacted: a new snapshot and an empty journal
+    assert (small / JOURNAL_FILE).read_bytes() == b""
+    manifest = json.loads((small / "manifest.json").read_text())
+    assert manifest["count"] == 5 and manifest["journal_seq"] == 2
+    pd.testing.assert_frame_equal(_ranking(SearchIndex.load(small), products), expected)
+
+
+def test_torn_last_record_is_ignored_and_cut_off(products, small):
+    live = SearchIndex.open(small)
+    live.add(products.iloc[4:5])
+    live.add(products.iloc[5:6])
+    live.remove(["p1"])
+    expected = _ranking(live, products)
+    record = encode_record({"seq": 4, "op": "remove", "ids": ["p2"]})
+    with open(small / JOURNAL_FILE, "ab") as f:  # the process dies in the middle of a write
+        f.write(record[: len(record) // 2])
+    live._journal.close()  # ...without closing (no compaction)
+    size = (small / JOURNAL_FILE).stat().st_size
+    loaded = SearchIndex.load(small)  # every acknowledged change, not the torn one
+    assert loaded.items["_id"].tolist() == ["p0", "p2", "p3", "p4", "p5"]
+    pd.testing.assert_frame_equal(_ranking(loaded, products), expected)
+    assert (small / JOURNAL_FILE).stat().st_size == size  # load only reads
+    with SearchIndex.open(small, compact_every=100) as again:
+        assert (small / JOURNAL_FILE).stat().st_size == size - len(record) // 2
+        again.remove(["p2"])
+        assert SearchIndex.load(small).items["_id"].tolist() == ["p0", "p3", "p4", "p5"]
+    assert SearchIndex.load(small).items["_id"].tolist() == ["p0", "p3", "p4", "p5"]
+
+
+def test_damaged_journal_is_refused(products, small):
+    with SearchIndex.open(small) as live:
+        live.add(products.iloc[4:5])
+        live.add(products.iloc[5:6])
+        lines = (small / JOURNAL_FILE).read_bytes().splitlines(keepends=True)
+        live._journal.detach()
+        live._journal = None  # drop it without compacting
+    damaged = lines[0][:40] + b"X" + lines[0][41:] + lines[1]
+    (small / JOURNAL_FILE).write_bytes(damaged)
+    with pytest.raises(ConfigMismatchError, match="corrupt but later ones are intact"):
+        SearchIndex.load(small)
+
+
+def test_changes_replay_to_the_same_results_across_lexical_refits(products, small):
+    live = SearchIndex.open(small, compact_every=1000)
+    live.search(title="tea", k=1)
+    for i in range(4, 8):  # refits of the lexical part on the way
+        live.add(products.iloc[i : i + 1])
+    live.remove(["p2"])
+    live.add(pd.DataFrame({"id": ["q"], "title": ["green tea 40 bags"]}))
+    expected = _ranking(live, products)
+    live._journal.close()  # a crash: no compaction
+    replayed = SearchIndex.load(small)
+    pd.testing.assert_frame_equal(_ranking(replayed, products), expected)
+    with SearchIndex.open(small) as again:  # compact (vocabulary saved with the snapshot)
+        again.remove(["p0"])
+        expected = _ranking(again, products)
+    assert (small / "lexical").is_dir()
+    pd.testing.assert_frame_equal(_ranking(SearchIndex.load(small), products), expected)
+
+
+def test_compaction_every_n_changes(products, small):
+    with SearchIndex.open(small, compact_every=2) as live:
+        live.add(products.iloc[4:5])
+        assert live.pending_changes == 1
+        live.add(products.iloc[5:6])
+        assert live.pending_changes == 0
+        assert json.loads((small / "manifest.json").read_text())["count"] == 6
+        live.remove(["p4"])
+        assert live.pending_changes == 1
+
+
+def test_one_writer_per_folder(small):
+    with SearchIndex.open(small), pytest.raises(MmmatchError, match="already open"):
+        SearchIndex.open(small)
+    SearchIndex.open(small).close()  # released
+
+
+def test_crash_between_the_renames_of_a_compaction_is_recovered(products, small, tmp_path):
+    with SearchIndex.open(small) as live:
+        live.add(products.iloc[4:6])
+        live._journal.detach()
+        live._journal = None
+    # atomic_dir had moved the old folder aside and died before moving the new one in
+    aside = small.parent / f".{small.name}.old-x1"
+    small.rename(aside)
+    (small.parent / f".{small.name}.tmp-x2").mkdir()
+    with SearchIndex.open(small) as live:
+        assert live.items["_id"].tolist() == [f"p{i}" for i in range(6)]
+    assert not aside.exists() and not (small.parent / f".{small.name}.tmp-x2").exists()
