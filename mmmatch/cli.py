@@ -197,7 +197,8 @@ def cmd_dedupe(args: argparse.Namespace) -> int:
 def cmd_index(args: argparse.Namespace) -> int:
     from mmmatch.search import SearchIndex
 
-    index = SearchIndex.build(args.catalogue, _matcher(args), parse_columns(args.columns))
+    index = SearchIndex.build(args.catalogue, _matcher(args), parse_columns(args.columns),
+                              factory=args.index_factory, nprobe=args.nprobe)
     index.save(args.output)
     _report_problems(index.problems, Path(args.output) / "items.csv", args.quiet)
     if not args.quiet:
@@ -472,6 +473,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("catalogue")
     p.add_argument("-o", "--output", required=True, help="index folder (written atomically)")
     p.add_argument("--columns", help=col_help)
+    p.add_argument("--index-factory", default="auto-search",
+                   help="FAISS index: auto-search (exact up to 128 MB of vectors, then IVF), "
+                   "Flat (always exact) or a FAISS factory string (default: %(default)s)")
+    p.add_argument("--nprobe", type=int, help="IVF lists searched per query")
     _add_matcher_options(p)
     p.set_defaults(func=cmd_index)
 

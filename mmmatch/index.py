@@ -10,6 +10,12 @@ with a manifest that is checked on load.
 * more: ``"IVF{n},Flat"`` with ``n`` = the power of two nearest 4·sqrt(N) inverted lists,
   trained on the first batch, searched with ``nprobe = max(16, n / 16)``.
 
+``factory="auto-search"`` (what :class:`~mmmatch.search.SearchIndex` builds) serves small
+batches of queries, where an exact scan reads every vector once per batch: it stays
+``"Flat"`` only while the vectors hold at most 2**25 floats (128 MB; 100,000 photo + title
+vectors of 1,664 dims are 666 MB), and is the same IVF above, searched with
+``nprobe = max(32, n / 32)``.
+
 Any FAISS factory string (``"HNSW32"``, ``"IVF4096,PQ32"``...) can be given instead.
 """
 
@@ -34,14 +40,20 @@ __all__ = ["EmbeddingIndex", "auto_factory"]
 
 FORMAT_VERSION = 1
 FLAT_LIMIT = 200_000
+SEARCH_FLAT_FLOATS = 2**25
 
 
-def auto_factory(n: int) -> tuple[str, int | None]:
-    """The factory string and ``nprobe`` that ``factory="auto"`` uses for ``n`` vectors."""
-    if n < FLAT_LIMIT:
+def auto_factory(n: int, dim: int | None = None, search: bool = False
+                 ) -> tuple[str, int | None]:
+    """The factory string and ``nprobe`` that ``factory="auto"`` (or, with ``search``,
+    ``"auto-search"``) uses for ``n`` vectors of ``dim`` floats."""
+    if search:
+        if n * (dim or 1) <= SEARCH_FLAT_FLOATS or n < 1024:
+            return "Flat", None
+    elif n < FLAT_LIMIT:
         return "Flat", None
     nlist = 2 ** round(math.log2(4 * math.sqrt(n)))
-    return f"IVF{nlist},Flat", max(16, nlist // 16)
+    return f"IVF{nlist},Flat", max(32, nlist // 32) if search else max(16, nlist // 16)
 
 
 def _versions() -> dict[str, str]:
@@ -102,9 +114,10 @@ class EmbeddingIndex:
     def _create(self, train: np.ndarray) -> None:
         import faiss
 
-        factory, nprobe = (
-            auto_factory(len(train)) if self.factory == "auto" else (self.factory, self.nprobe)
-        )
+        if self.factory in ("auto", "auto-search"):
+            factory, nprobe = auto_factory(len(train), self.dim, self.factory == "auto-search")
+        else:
+            factory, nprobe = self.factory, self.nprobe
         self.nprobe = self.nprobe if self.nprobe is not None else nprobe
         if factory == "Flat":
             index = faiss.index_factory(self.dim, "IDMap2,Flat", self._faiss_metric())

@@ -111,7 +111,8 @@ class LexicalModel:
 
     @staticmethod
     def search(
-        queries: sp.csr_matrix, items: sp.csr_matrix, k: int, chunk_size: int | None = None
+        queries: sp.csr_matrix, items: sp.csr_matrix, k: int, chunk_size: int | None = None,
+        items_t: sp.csr_matrix | None = None,
     ) -> tuple[np.ndarray, np.ndarray]:
         """Top-``k`` items by cosine for each query row.
 
@@ -121,6 +122,8 @@ class LexicalModel:
             k: neighbours per query.
             chunk_size: queries multiplied at once (memory: chunk_size x n floats); default
                 as many as keep that block near 64M floats (256 MB).
+            items_t: ``items.T`` as CSR, when the caller keeps it for repeated searches of
+                the same items (a few queries then cost a few ms, not a transposition).
 
         Returns:
             ``(scores, positions)``: (m, k) float32 best first and (m, k) int64 item
@@ -133,9 +136,13 @@ class LexicalModel:
         if kk == 0:
             return scores, positions
         chunk_size = chunk_size or max(1, 64_000_000 // max(1, n))
-        items_t = items.T.tocsc()
+        items = items.tocsr()
         for start in range(0, m, chunk_size):
-            block = (queries[start : start + chunk_size] @ items_t).toarray()
+            q = queries[start : start + chunk_size]
+            if items_t is not None:
+                block = (q @ items_t).toarray()
+            else:  # items @ q.T converts only the (small) query block, never the items
+                block = (items @ q.T.tocsr()).T.toarray()
             top = np.argpartition(-block, kk - 1, axis=1)[:, :kk]
             top_scores = np.take_along_axis(block, top, axis=1)
             order = np.argsort(-top_scores, axis=1, kind="stable")

@@ -276,7 +276,8 @@ class SearchIndex:
 
     @classmethod
     def build(
-        cls, catalogue: Any, matcher: Any = None, columns: ColumnMap | dict | None = None
+        cls, catalogue: Any, matcher: Any = None, columns: ColumnMap | dict | None = None,
+        factory: str = "auto-search", nprobe: int | None = None,
     ) -> SearchIndex:
         """Embed and index a catalogue.
 
@@ -284,6 +285,11 @@ class SearchIndex:
             catalogue: DataFrame, file path or :class:`~mmmatch.catalogue.Catalogue`.
             matcher: a :class:`~mmmatch.pipeline.Matcher` (default settings if ``None``).
             columns: column mapping of the catalogue.
+            factory: the FAISS index: ``"auto-search"`` (exact up to 2**25 floats, then
+                IVF; see :mod:`mmmatch.index`), ``"Flat"`` for exact search at any size,
+                or any FAISS factory string.
+            nprobe: inverted lists searched per query of an IVF index (default: the auto
+                rule); more is slower and closer to exact.
 
         Returns:
             The index; rows that could not be used are in its ``problems`` table.
@@ -298,7 +304,8 @@ class SearchIndex:
         layout = FusedLayout.of(enc)
         fused = matcher._fuse(enc, matcher.fusion_weights_for(matcher.search_score_weights))
         image_enc, text_enc = matcher.encoders(layout.image_dim > 0, layout.text_dim > 0)
-        index = EmbeddingIndex(layout.dim, "cosine", metadata=cls._metadata(image_enc, text_enc))
+        index = EmbeddingIndex(layout.dim, "cosine", factory, nprobe,
+                               metadata=cls._metadata(image_enc, text_enc))
         index.add(fused, enc.ids)
         items = enc.catalogue.data.copy()
         items.insert(0, "_id", enc.ids)
@@ -1013,7 +1020,11 @@ class SearchIndex:
                 name: model.transform([t or "" for t in titles])
                 for name, (model, _) in lexical.items()
             }
-            _, lpos = LexicalModel.search(queries_lex["lexical"], lexical["lexical"][1], k)
+            items_lex = lexical["lexical"][1]
+            if getattr(self, "_lexical_t", (None,))[0] is not items_lex:  # kept per matrix
+                self._lexical_t = (items_lex, items_lex.T.tocsr())
+            _, lpos = LexicalModel.search(queries_lex["lexical"], items_lex, k,
+                                          items_t=self._lexical_t[1])
             lq = np.repeat(np.arange(n), lpos.shape[1])
             lp = lpos.ravel()
             ok = (lp >= 0) & text_ok[lq] & ~failed[lq]

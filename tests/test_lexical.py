@@ -128,3 +128,17 @@ def test_params_and_determinism():
     a = lex.fit(TEXTS).transform(TEXTS).toarray()
     b = LexicalModel(**lex.get_params()).fit(TEXTS).transform(TEXTS).toarray()
     np.testing.assert_array_equal(a, b)
+
+
+def test_search_with_a_kept_transpose_matches_the_plain_search():
+    from mmmatch.lexical import LexicalModel
+
+    texts = [f"item {i} {w}" for i, w in enumerate(["oat milk", "soy milk", "green tea",
+                                                    "red tea", "oat drink"] * 6)]
+    model = LexicalModel().fit(texts)
+    items = model.transform(texts)
+    queries = model.transform(["oat milk 1l", "tea", "drink oat"])
+    plain = LexicalModel.search(queries, items, 4)
+    kept = LexicalModel.search(queries, items, 4, items_t=items.T.tocsr())
+    np.testing.assert_allclose(kept[0], plain[0], rtol=1e-6)
+    np.testing.assert_array_equal(kept[1], plain[1])
