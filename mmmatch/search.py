@@ -1051,8 +1051,12 @@ class SearchIndex:
         out["rank"] = (out.groupby("query").cumcount() + 1).astype(np.int32)
         out = out[out["rank"] <= k]
         meta = self._public(self.items.iloc[out["_pos"].to_numpy()])
-        result = out.drop(columns="_pos").reset_index(drop=True)
         cols = ["query", "rank", "id", "title", "score", *EVIDENCE_COLUMNS]
+        # an item column named like a result column (a "score" rating, say) keeps its values
+        # as "<name>_item" instead of shadowing the result's
+        meta = meta.rename(columns={c: f"{c}_item" for c in meta.columns
+                                    if c in cols and c not in ("id", "title")})
+        result = out.drop(columns="_pos").reset_index(drop=True)
         result = pd.concat([result, meta], axis=1)
         rest = [c for c in result.columns if c not in cols]
         return result[cols + rest]

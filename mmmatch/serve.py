@@ -707,7 +707,7 @@ def create_app(
         return info(get(name))
 
     @app.post("/indexes/{name}/search", response_model=SearchResponse, tags=["search"],
-              dependencies=key_doc, responses=_errors(401, 404, 413, 422))
+              dependencies=key_doc, responses=_errors(400, 401, 404, 413, 422))
     async def search(
         name: str,
         image: Annotated[UploadFile | None, File(description="a photo (JPEG, PNG, WebP...)")]
@@ -737,7 +737,7 @@ def create_app(
         return JSONResponse({"index": name, "k": k, "results": result})
 
     @app.post("/indexes/{name}/search/batch", response_model=BatchSearchResponse,
-              tags=["search"], dependencies=key_doc, responses=_errors(401, 404, 413, 422))
+              tags=["search"], dependencies=key_doc, responses=_errors(400, 401, 404, 413, 422))
     async def search_batch(
         name: str,
         files: Annotated[list[UploadFile] | None, File(description="the photos")] = None,
@@ -836,7 +836,7 @@ def create_app(
 
     @app.post("/indexes/{name}/items", response_model=AddResponse, status_code=201,
               tags=["items"], dependencies=key_doc,
-              responses=_errors(401, 404, 409, 413, 422))
+              responses=_errors(400, 401, 404, 409, 413, 422))
     async def add_items(
         name: str,
         items: Annotated[str, Form(description='JSON list of rows (or one row): `{"id": '

@@ -348,3 +348,25 @@ def test_ensemble_needs_two_members(image_encoder):
 
     with pytest.raises(ValueError, match="two or more"):
         EnsembleImageEncoder([image_encoder])
+
+
+def test_geometry_of_a_sliver_keeps_the_centre_without_resizing_it_all():
+    import mmmatch.encoders.image as image_mod
+    from mmmatch.encoders.image import ImagePreprocess
+
+    pre = ImagePreprocess(size=(224, 224), resize="shorter", resize_to=256)
+    rng = np.random.default_rng(0)
+    sliver = Image.fromarray(rng.integers(0, 255, (400, 10, 3), dtype=np.uint8))
+    got = pre.geometry(sliver)
+    old = image_mod._MAX_STRETCH
+    try:
+        image_mod._MAX_STRETCH = 10**9  # the plain path: resize everything, then crop
+        want = pre.geometry(sliver)
+    finally:
+        image_mod._MAX_STRETCH = old
+    assert got.shape == want.shape == (224, 224, 3)
+    diff = np.abs(got.astype(int) - want.astype(int))
+    assert diff.mean() < 1.5 and diff.max() <= 8  # pixel noise: a sub-pixel rounding shift
+    # a 1 x 40,000 px image (allowed by the pixel limit) stays cheap
+    huge = Image.new("RGB", (1, 40_000), (200, 10, 10))
+    assert pre.geometry(huge).shape == (224, 224, 3)

@@ -498,3 +498,14 @@ def test_crash_between_the_renames_of_a_compaction_is_recovered(products, small,
     with SearchIndex.open(small) as live:
         assert live.items["_id"].tolist() == [f"p{i}" for i in range(6)]
     assert not aside.exists() and not (small.parent / f".{small.name}.tmp-x2").exists()
+
+
+def test_item_columns_named_like_result_columns_do_not_shadow_them(matcher, demo):
+    df = pd.read_csv(demo.left).assign(score=7.5, query="sku-query", rank="gold")
+    df["image"] = [str(demo.folder / p) for p in df["image"]]
+    index = SearchIndex.build(df, matcher)
+    res = index.search_batch(titles=[df["title"].iloc[2], df["title"].iloc[5]], k=3)
+    assert res.columns.is_unique
+    assert res["query"].tolist() == [0, 0, 0, 1, 1, 1] and res["rank"].tolist() == [1, 2, 3] * 2
+    assert (res["score_item"] == 7.5).all() and (res["query_item"] == "sku-query").all()
+    assert res["score"].between(-1.001, 1.001).all()  # cosines, not the 7.5 ratings

@@ -11,6 +11,7 @@ import contextlib
 import hashlib
 import io
 import json
+import math
 import threading
 import warnings
 from collections.abc import Iterator, Sequence
@@ -116,6 +117,16 @@ class ImagePreprocess:
             iw, ih = img.size
             edge = self.resize_to if isinstance(self.resize_to, int) else min(self.resize_to)
             scale = edge / min(iw, ih)
+            if max(iw, ih) * scale > _MAX_STRETCH * max(h, w):
+                # a sliver (1 x 3000 px): resizing all of it would make a 256 x 768,000
+                # image to crop 224 x 224 from; cut the centre (with margin) out first
+                keep_w = min(iw, math.ceil(_MAX_STRETCH * w / scale))
+                keep_h = min(ih, math.ceil(_MAX_STRETCH * h / scale))
+                keep_w += (iw - keep_w) % 2  # same centre as the whole image
+                keep_h += (ih - keep_h) % 2
+                left, top = (iw - keep_w) // 2, (ih - keep_h) // 2
+                img = img.crop((left, top, left + keep_w, top + keep_h))
+                iw, ih = img.size
             # truncate like transformers' image processors, so crops line up pixel for pixel
             nw, nh = max(w, int(iw * scale)), max(h, int(ih * scale))
         img = img.resize((nw, nh), resample)
@@ -123,6 +134,11 @@ class ImagePreprocess:
             left, top = (nw - w) // 2, (nh - h) // 2
             img = img.crop((left, top, left + w, top + h))
         return np.asarray(img, dtype=np.uint8)
+
+
+_MAX_STRETCH = 4
+"""An image resized to more than this many times the crop's longer side is cut to its
+centre first (same pixels kept; bounded memory for extreme aspect ratios)."""
 
 
 @contextlib.contextmanager
