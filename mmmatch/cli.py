@@ -548,9 +548,9 @@ def build_parser() -> argparse.ArgumentParser:
                    "$MMMATCH_API_KEY; none: open)")
     p.add_argument("--max-batch", type=int, default=32,
                    help="concurrent queries embedded together (default: %(default)s)")
-    p.add_argument("--max-wait-ms", type=float, default=5.0,
-                   help="how long a query waits for others to batch with (default: "
-                   "%(default)s)")
+    p.add_argument("--max-wait-ms", type=float, default=25.0,
+                   help="at most how long a query waits for as many others as the last "
+                   "batch had (an idle server answers at once; default: %(default)s)")
     p.add_argument("--max-upload-mb", type=float, default=64, help="largest request body")
     p.add_argument("--max-k", type=int, default=100, help="largest k (default: %(default)s)")
     p.add_argument("--compact-every", type=int, default=1000,

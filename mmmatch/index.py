@@ -14,7 +14,8 @@ with a manifest that is checked on load.
 batches of queries, where an exact scan reads every vector once per batch: it stays
 ``"Flat"`` only while the vectors hold at most 2**25 floats (128 MB; 100,000 photo + title
 vectors of 1,664 dims are 666 MB), and is the same IVF above, searched with
-``nprobe = max(32, n / 32)``.
+``nprobe = max(64, n / 16)`` (on 100,000 grocery photo + title queries: top-10 overlap with
+exact search 0.95, top-1 0.975; nprobe 32 gave 0.90 / 0.94).
 
 Any FAISS factory string (``"HNSW32"``, ``"IVF4096,PQ32"``...) can be given instead.
 """
@@ -53,7 +54,7 @@ def auto_factory(n: int, dim: int | None = None, search: bool = False
     elif n < FLAT_LIMIT:
         return "Flat", None
     nlist = 2 ** round(math.log2(4 * math.sqrt(n)))
-    return f"IVF{nlist},Flat", max(32, nlist // 32) if search else max(16, nlist // 16)
+    return f"IVF{nlist},Flat", max(64, nlist // 16) if search else max(16, nlist // 16)
 
 
 def _versions() -> dict[str, str]:

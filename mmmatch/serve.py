@@ -14,8 +14,9 @@ Endpoints (every error is ``{"error": {"code": ..., "message": ..., "field": ...
   response (see :mod:`mmmatch.search`), so they survive a crash and a restart.
 * ``/openapi.json`` and ``/docs``: the schema and its interactive page.
 
-Concurrent searches of one index are micro-batched: requests wait up to ``max_wait_ms``
-(or until ``max_batch`` are queued, or while the previous batch runs), then one
+Concurrent searches of one index are micro-batched: a batch gathers the requests queued
+while the previous one ran, then waits at most ``max_wait_ms`` until it has as many as the
+previous batch had (steady load: full batches; an idle server: no wait), then one
 :meth:`~mmmatch.search.SearchIndex.search_batch` call embeds and searches them all in a
 worker thread, so the encoders see batches instead of single images.
 
@@ -323,6 +324,7 @@ class _Batcher:
 
     async def _run(self, queue: asyncio.Queue) -> None:
         loop = asyncio.get_running_loop()
+        expect = 1  # queries the last batch had: under steady load as many will come
         while True:
             batch = [await queue.get()]
             deadline = loop.time() + self.max_wait_s
@@ -330,6 +332,8 @@ class _Batcher:
                 if not queue.empty():
                     batch.append(queue.get_nowait())
                     continue
+                if len(batch) >= expect:  # an idle server answers at once
+                    break
                 remaining = deadline - loop.time()
                 if remaining <= 0:
                     break
@@ -337,6 +341,7 @@ class _Batcher:
                     batch.append(await asyncio.wait_for(queue.get(), remaining))
                 except asyncio.TimeoutError:
                     break
+            expect = len(batch)
             live = [(q, f) for q, f in batch if not f.done()]  # clients that went away
             if not live:
                 continue
@@ -573,7 +578,7 @@ def create_app(
     indexes: Mapping[str, str | Path | SearchIndex],
     api_key: str | None = None,
     max_batch: int = 32,
-    max_wait_ms: float = 5.0,
+    max_wait_ms: float = 25.0,
     limits: ServeLimits | None = None,
     compact_every: int = 1000,
     device: str | None = None,
@@ -591,8 +596,8 @@ def create_app(
         api_key: when given, every endpoint but ``/health`` and the docs needs the header
             ``X-API-Key: <api_key>`` (401 otherwise).
         max_batch: most single searches embedded together.
-        max_wait_ms: how long a search waits for others to batch with (only when the
-            index is idle; while a batch runs, the next one gathers by itself).
+        max_wait_ms: at most how long a batch waits to have as many searches as the
+            previous batch had (none when that one was a single search).
         limits: request limits (default :class:`ServeLimits`).
         compact_every: compact an opened folder after this many changes.
         device: torch device of the encoders of the folders opened here (default CUDA
@@ -628,6 +633,12 @@ def create_app(
         yield
         for s in served.values():
             s.batcher.close()
+            sizes = s.batcher.batch_sizes
+            if sizes:  # how well concurrent queries were batched
+                queries = sum(n * c for n, c in sizes.items())
+                logger.warning("index %s: %d queries in %d batches (mean %.1f, sizes %s)",
+                               s.name, queries, sum(sizes.values()),
+                               queries / sum(sizes.values()), dict(sorted(sizes.items())))
             if s.owned:
                 await run_in_threadpool(s.index.close)
                 logger.info("closed index %s", s.name)
@@ -1041,7 +1052,7 @@ def serve(
     port: int = 8000,
     api_key: str | None = None,
     max_batch: int = 32,
-    max_wait_ms: float = 5.0,
+    max_wait_ms: float = 25.0,
     limits: ServeLimits | None = None,
     compact_every: int = 1000,
     device: str | None = None,

@@ -249,7 +249,7 @@ def test_auto_search_factory_goes_approximate_only_for_large_vector_tables():
     from mmmatch.index import auto_factory
 
     assert auto_factory(100_000, 300, search=True) == ("Flat", None)  # 30M floats
-    assert auto_factory(100_000, 1664, search=True) == ("IVF1024,Flat", 32)  # 666 MB
+    assert auto_factory(100_000, 1664, search=True) == ("IVF1024,Flat", 64)  # 666 MB
     assert auto_factory(500, 100_000, search=True) == ("Flat", None)  # too few to cluster
     assert auto_factory(100_000, 1664) == ("Flat", None)  # matching keeps exact search
     assert auto_factory(1_000_000)[0] == "IVF4096,Flat"

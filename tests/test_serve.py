@@ -272,6 +272,19 @@ def test_concurrent_searches_are_batched(folders, products):
     index.close()
 
 
+def test_an_idle_server_does_not_wait_to_batch(folders):
+    index = SearchIndex.open(folders / "shop")
+    app = create_app({"shop": index}, max_wait_ms=3000)  # a wait that would show
+    with LiveServer(app) as live:
+        for _ in range(2):  # one query at a time: each batch as large as the last (1)
+            start = time.perf_counter()
+            r = httpx.post(f"{live.url}/indexes/shop/search", data={"title": TITLES[0], "k": 1},
+                           timeout=30)
+            assert r.status_code == 200 and time.perf_counter() - start < 2.0
+    assert app.state.batch_sizes["shop"] == {1: 2}
+    index.close()
+
+
 LAUNCHER = """
 import sys
 sys.path.insert(0, {tests!r})
