@@ -8,7 +8,8 @@
 * The queries: Grocery ``test`` photos (never indexed) with their typed titles, as JPEG
   uploads plus a title field, ``k=10``.
 * Model only: the same queries through the two encoders in batches of ``--clients``, in
-  this process, before the server starts (``model_only``: from the JPEG bytes and the title,
+  this process, before the server starts and after it stops, averaged (``model_only``: from
+  the JPEG bytes and the title,
   the encoders' own decoding and preprocessing included; ``forward_only``: the networks
   alone, on photos decoded and resized beforehand): the rate the encoders bound a CPU to.
 * The index is approximate above 128 MB of vectors (IVF, see ``mmmatch.index``):
@@ -233,7 +234,7 @@ def main() -> None:
     test = load_grocery(args.data_dir).photos["test"].sample(n=args.queries, random_state=0)
     photos = [Path(p).read_bytes() for p in test["image"]]
     titles = test["typed_title"].astype(str).tolist()
-    out |= model_only_qps(photos, titles, args.clients)
+    before = model_only_qps(photos, titles, args.clients)
     out |= ivf_recall(folder, photos, titles)
     print({k: round(v, 3) for k, v in out.items()}, flush=True)
 
@@ -263,6 +264,12 @@ def main() -> None:
         mean = re.search(r"mean ([0-9.]+)", batches[-1])
         if mean:
             out["serve.mean_batch"] = float(mean.group(1))
+    # the encoders again after the load: this shared VM's speed drifts by +-20 % within
+    # minutes, so the rate to compare with is the mean of both sides of the load
+    after = model_only_qps(photos, titles, args.clients)
+    for key in before:
+        out[f"{key}_before"], out[f"{key}_after"] = before[key], after[key]
+        out[key] = (before[key] + after[key]) / 2
     out["serve.requests"] = float(len(lat))
     out["serve.failures"] = float(failures)
     out["serve.qps"] = len(lat) / wall

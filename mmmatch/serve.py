@@ -619,6 +619,7 @@ def create_app(
                 raise ValueError(f"index name {name!r}: use letters, digits, '.', '_' and '-'")
             owned = not isinstance(spec, SearchIndex)
             index = _open_path(Path(spec), compact_every, device) if owned else spec
+            index.warm()  # encoders loaded, TF-IDF fitted: the first search is not slow
             batcher = _Batcher(name, index, max_batch, max_wait_ms / 1000, limits.image_limits)
             served[name] = _Served(name, index, owned, batcher)
     except BaseException:

@@ -249,7 +249,26 @@ def test_auto_search_factory_goes_approximate_only_for_large_vector_tables():
     from mmmatch.index import auto_factory
 
     assert auto_factory(100_000, 300, search=True) == ("Flat", None)  # 30M floats
-    assert auto_factory(100_000, 1664, search=True) == ("IVF1024,Flat", 64)  # 666 MB
+    assert auto_factory(100_000, 1664, search=True) == ("IVF1024,SQfp16", 64)  # 666 MB
     assert auto_factory(500, 100_000, search=True) == ("Flat", None)  # too few to cluster
     assert auto_factory(100_000, 1664) == ("Flat", None)  # matching keeps exact search
     assert auto_factory(1_000_000)[0] == "IVF4096,Flat"
+
+
+def test_half_precision_ivf_adds_removes_reconstructs_and_round_trips(tmp_path):
+    from mmmatch.index import EmbeddingIndex
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(2000, 32)).astype(np.float32)
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    ids = [f"v{i}" for i in range(len(x))]
+    index = EmbeddingIndex(32, "cosine", factory="IVF16,SQfp16", nprobe=16)
+    index.add(x, ids)
+    _, got = index.search(x[:50], 1)
+    assert got[:, 0].tolist() == ids[:50]  # every list searched: exact up to fp16
+    np.testing.assert_allclose(index.reconstruct(ids[:5]), x[:5], atol=2e-3)
+    assert index.remove(["v0", "v1"]) == 2 and "v0" not in index
+    index.save(tmp_path / "ivf")
+    again = EmbeddingIndex.load(tmp_path / "ivf")
+    _, got2 = again.search(x[2:10], 1)
+    assert got2[:, 0].tolist() == ids[2:10] and len(again) == 1998
