@@ -69,3 +69,25 @@ def test_check_is_fitted():
     check_is_fitted(thing, ["coef_"])  # no error once set
     with pytest.raises(NotFittedError):
         check_is_fitted(thing, ["coef_", "intercept_"])
+
+
+def test_tune_malloc_is_idempotent_and_respects_opt_out(monkeypatch):
+    import mmmatch._blas as blas
+
+    monkeypatch.setattr(blas, "_malloc_tuned", False)
+    monkeypatch.setenv("MMMATCH_NO_MALLOC_TUNING", "1")
+    assert blas.tune_malloc() is False
+    monkeypatch.delenv("MMMATCH_NO_MALLOC_TUNING")
+    for key in [k for k in __import__("os").environ if k.startswith("MALLOC_")]:
+        monkeypatch.delenv(key)
+    first = blas.tune_malloc()
+    assert blas.tune_malloc() is first  # once per process
+    try:
+        __import__("ctypes").CDLL("libc.so.6").mallopt
+        glibc = __import__("platform").system() == "Linux"
+    except (OSError, AttributeError):
+        glibc = False
+    assert first is glibc  # glibc accepts all three settings; elsewhere nothing is done
+    monkeypatch.setattr(blas, "_malloc_tuned", False)
+    monkeypatch.setenv("MALLOC_ARENA_MAX", "2")  # the user's own malloc settings win
+    assert blas.tune_malloc() is False
