@@ -140,7 +140,10 @@ def cmd_demo(args: argparse.Namespace) -> int:
     print(f"  retailer A: {data.left.name} (id, title, brand, image)")
     print(f"  retailer B: {data.right.name} (sku, name, image), titles written its own way\n")
     matcher = _matcher(args)
-    pairs = matcher.match(data.left, data.right, right_columns={"id": "sku", "title": "name"})
+    right_columns = {"id": "sku", "title": "name"}
+    candidates = matcher.match(data.left, data.right, right_columns=right_columns,
+                               all_candidates=True)
+    pairs = candidates[candidates["is_match"]]
     write_table(pairs, folder / "matches.csv")
     shown = pairs.sort_values("score", ascending=False).head(args.show)
     with pd.option_context("display.width", 200, "display.max_colwidth", 40):
@@ -152,6 +155,15 @@ def cmd_demo(args: argparse.Namespace) -> int:
           f"precision {s['precision']:.3f}, "
           f"recall {s['recall']:.3f}, F1 {s['f1']:.3f} against the {len(truth)} true pairs")
     print(f"All pairs with their evidence: {folder / 'matches.csv'}")
+    try:
+        from mmmatch.reporting import report
+
+        html = report(candidates, data.left, data.right, right_columns=right_columns,
+                      gold=data.truth, threshold=matcher.decision_threshold,
+                      output=folder / "report.html", title="mmmatch demo: retailer A vs B")
+        print(f"A report to open in a browser: {html}")
+    except ImportError as exc:  # the [report] extra is not installed
+        print(f"(no HTML report: {exc})")
     print(f"Same from the shell: mmmatch match {data.left} {data.right} "
           f"--right-columns id=sku,title=name -o matches.csv")
     print(f"Done in {time.perf_counter() - start:.1f} s")

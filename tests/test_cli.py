@@ -81,6 +81,9 @@ def test_demo_command(tmp_path, capsys):
     truth = pd.read_csv(out / "truth.csv")
     found = set(zip(matches["left_id"], matches["right_id"], strict=True))
     assert len(found & set(zip(truth["left_id"], truth["right_id"], strict=True))) >= 5
+    assert matches["is_match"].all()  # matches only; the report shows every candidate
+    html = (out / "report.html").read_text()
+    assert "report.html" in stdout and html.count('class="pair-card') > len(matches)
 
 
 def test_match_command(demo, tmp_path, capsys):
