@@ -36,6 +36,8 @@ _AUTO_COLUMNS: dict[str, tuple[str, ...]] = {
     "id": ("id", "item_id", "product_id", "sku"),
     "title": ("title", "name", "product_name"),
     "image": ("image", "image_path", "image_url", "img", "photo"),
+    "price": ("price",),
+    "brand": ("brand", "manufacturer"),
 }
 
 
@@ -55,6 +57,9 @@ class ColumnMap:
         image: image reference (path relative to the catalogue's folder, URL or bytes).
         source: retailer / catalogue of origin, for cross-source matching.
         label: known product id (optional; used for training and evaluation).
+        price: price (the reranker compares the two sides'; auto-detected: price).
+        brand: brand (the reranker checks the two agree; auto-detected: brand,
+            manufacturer).
     """
 
     id: str | None = None
@@ -63,6 +68,8 @@ class ColumnMap:
     image: str | None = None
     source: str | None = None
     label: str | None = None
+    price: str | None = None
+    brand: str | None = None
 
     @classmethod
     def from_dict(cls, values: dict[str, Any] | None) -> ColumnMap:
@@ -265,6 +272,8 @@ def load_catalogue(
     text_cols = [_resolve(df, "text", c, required=True) for c in cmap.text]
     source_col = _resolve(df, "source", cmap.source, required=False) if cmap.source else None
     label_col = _resolve(df, "label", cmap.label, required=False) if cmap.label else None
+    price_col = _resolve(df, "price", cmap.price, required=False)
+    brand_col = _resolve(df, "brand", cmap.brand, required=False)
     if title_col is None and not text_cols and image_col is None:
         raise CatalogueError(
             f"{name}: no title, text or image column found; the catalogue has columns "
@@ -272,7 +281,7 @@ def load_catalogue(
         )
     resolved = ColumnMap(
         id=id_col, title=title_col, text=tuple(c for c in text_cols if c),
-        image=image_col, source=source_col, label=label_col,
+        image=image_col, source=source_col, label=label_col, price=price_col, brand=brand_col,
     )
 
     raw_ids = df[id_col] if id_col is not None else pd.Series(index_ids, dtype=object)

@@ -361,9 +361,9 @@ class Matcher:
         if pairs.empty:
             return pairs.assign(probability=np.zeros(0, np.float32),
                                 decisive=pd.Series([], dtype=object))
-        frame = pairs.assign(
-            left_text=left.catalogue.texts[pairs["left_pos"].to_numpy()],
-            right_text=right.catalogue.texts[pairs["right_pos"].to_numpy()])
+        from mmmatch.rerank import with_texts
+
+        frame = with_texts(pairs, left.catalogue, right.catalogue)
         return pairs.assign(probability=reranker.predict_proba(frame),
                             decisive=reranker.decisive(frame).to_numpy())
 

@@ -471,18 +471,26 @@ class PairReranker:
 
 
 def with_texts(pairs: pd.DataFrame, left: Any, right: Any) -> pd.DataFrame:
-    """``pairs`` with ``left_text`` and ``right_text`` of their ids (empty when unknown).
+    """``pairs`` with what the reranker reads of both items: ``left_text`` and
+    ``right_text`` (empty when unknown), and ``left_price`` / ``right_price`` /
+    ``left_brand`` / ``right_brand`` where the catalogue has a price / brand column.
 
     Args:
         pairs: ``left_id, right_id`` (other columns are kept).
         left: the left :class:`~mmmatch.catalogue.Catalogue`.
         right: the right one.
     """
-    ltext = pd.Series(left.texts, index=left.ids)
-    rtext = pd.Series(right.texts, index=right.ids)
-    return pairs.assign(
-        left_text=ltext.reindex(pairs["left_id"].astype(str)).fillna("").to_numpy(),
-        right_text=rtext.reindex(pairs["right_id"].astype(str)).fillna("").to_numpy())
+    lid, rid = pairs["left_id"].astype(str), pairs["right_id"].astype(str)
+    out = pairs.assign(
+        left_text=pd.Series(left.texts, index=left.ids).reindex(lid).fillna("").to_numpy(),
+        right_text=pd.Series(right.texts, index=right.ids).reindex(rid).fillna("").to_numpy())
+    for role in ("price", "brand"):
+        for side, cat, ids in (("left", left, lid), ("right", right, rid)):
+            column = getattr(cat.columns, role, None)
+            if column is not None:
+                values = pd.Series(cat.data[column].to_numpy(), index=cat.ids)
+                out[f"{side}_{role}"] = values.reindex(ids).to_numpy()
+    return out
 
 
 def _threads(n_rows: int) -> int:

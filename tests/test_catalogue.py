@@ -28,7 +28,7 @@ def test_load_dataframe_auto_detects_columns(frame):
     cat = load_catalogue(frame)
     assert isinstance(cat, Catalogue)
     assert len(cat) == 3
-    assert cat.columns == ColumnMap(id="id", title="title", image="image")
+    assert cat.columns == ColumnMap(id="id", title="title", image="image", brand="brand")
     assert list(cat.ids) == ["a", "b", "c"]
     assert list(cat.titles) == ["Oat milk 1L", "Green tea", ""]
     assert list(cat.texts) == ["Oat milk 1L", "Green tea", ""]

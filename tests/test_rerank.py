@@ -156,3 +156,23 @@ def test_reranker_load_refuses_other_formats(tmp_path):
         PairReranker.load(folder)
     with pytest.raises(FileNotFoundError, match=r"reranker\.json"):
         PairReranker.load(tmp_path / "nothing")
+
+
+def test_with_texts_brings_prices_and_brands_of_catalogues_that_have_them():
+    from mmmatch.catalogue import load_catalogue
+    from mmmatch.rerank import with_texts
+
+    left = load_catalogue(pd.DataFrame({"id": ["a", "b"], "title": ["tv 55in", "radio"],
+                                        "price": [499.0, None], "manufacturer": ["LG", "Sony"]}))
+    right = load_catalogue(pd.DataFrame({"id": ["x"], "name": ["LG 55 inch tv"],
+                                         "price": ["489.99"]}))
+    assert (left.columns.price, left.columns.brand) == ("price", "manufacturer")
+    pairs = pd.DataFrame({"left_id": ["a", "b", "zz"], "right_id": ["x", "x", "x"]})
+    out = with_texts(pairs, left, right)
+    assert out["left_text"].tolist() == ["tv 55in", "radio", ""]
+    assert out["left_price"].tolist()[0] == 499.0 and pd.isna(out["left_price"].iloc[1])
+    assert out["right_price"].tolist() == ["489.99"] * 3
+    assert out["left_brand"].tolist()[:2] == ["LG", "Sony"] and "right_brand" not in out
+    rr = PairReranker(None, max_iter=5).fit(_toy_pairs(60))
+    x = rr._features(out.assign(score=0.5), None)  # the price reaches the features
+    assert x["price_ratio"].iloc[0] == pytest.approx(489.99 / 499.0)
