@@ -28,6 +28,7 @@ import numpy as np
 import pandas as pd
 
 from mmmatch._validation import check_is_fitted
+from mmmatch.metrics import cut_below, pr_curve
 
 __all__ = ["OBJECTIVES", "ThresholdCalibrator"]
 
@@ -230,16 +231,12 @@ class ThresholdCalibrator:
         if pairs is not None:
             _check_no_overlap(pairs, len(s), exclude, symmetric)
 
-        # the decision "score >= s" at every distinct score, highest score first
-        order = np.argsort(-s, kind="stable")
-        s_sorted, y_sorted = s[order], y[order]
-        last = np.r_[s_sorted[1:] != s_sorted[:-1], True]  # last of each run of ties
-        tp = np.cumsum(y_sorted)[last]
-        fp = np.cumsum(~y_sorted)[last]
-        cut = s_sorted[last]  # distinct scores, descending
-        precision = tp / (tp + fp)
-        recall = tp / total
-        f1 = 2 * tp / (tp + fp + total)  # the same formula as best_f1_threshold
+        curve = pr_curve(s, y, total)  # by ascending threshold
+        down = curve.iloc[::-1]  # highest threshold first, as the choices below read it
+        cut = down["threshold"].to_numpy()
+        precision = down["precision"].to_numpy()
+        recall = down["recall"].to_numpy()
+        f1 = down["f1"].to_numpy()  # the same curve as best_f1_threshold
 
         if self.objective == "f1":
             best = int(np.argmax(f1))  # ties: the highest threshold, as best_f1_threshold
@@ -261,15 +258,11 @@ class ThresholdCalibrator:
                 )
             best = int(ok[0])  # highest qualifying threshold
 
-        threshold = (cut[best] + cut[best + 1]) / 2 if best + 1 < len(cut) else cut[best] - 1e-6
-        self.threshold_ = float(threshold)
+        self.threshold_ = cut_below(cut, best)
         self.precision_ = float(precision[best])
         self.recall_ = float(recall[best])
         self.f1_ = float(f1[best])
-        self.curve_ = pd.DataFrame({
-            "threshold": cut[::-1], "precision": precision[::-1],
-            "recall": recall[::-1], "f1": f1[::-1],
-        })
+        self.curve_ = curve[list(_CURVE_COLUMNS)].reset_index(drop=True)
         self.n_pairs_ = len(s)
         self.n_positive_ = n_positive
         self.positives_ = total

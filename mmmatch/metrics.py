@@ -19,11 +19,13 @@ import pandas as pd
 
 __all__ = [
     "best_f1_threshold",
+    "cut_below",
     "group_f1",
     "map_at_r",
     "neighbour_labels",
     "pair_scores",
     "pair_scores_at",
+    "pr_curve",
     "precision_at_k",
     "recall_at_k",
     "recall_at_k_labels",
@@ -47,6 +49,48 @@ def pair_scores(predicted: Iterable[tuple[Any, Any]], truth: Iterable[tuple[Any,
             "tp": tp, "fp": len(pred) - tp, "fn": len(true) - tp}
 
 
+def pr_curve(scores: np.ndarray, labels: np.ndarray, positives: int | None = None
+             ) -> pd.DataFrame:
+    """Precision and recall of the decision ``score >= t`` at every distinct score ``t``.
+
+    Args:
+        scores: (n,) finite pair scores, higher means "match".
+        labels: (n,) 0/1 (or bool) true labels.
+        positives: the number of true pairs recall is measured against (default: the positive
+            labels); true pairs that were never scored count as missed.
+
+    Returns:
+        DataFrame ``threshold, precision, recall, f1, tp, fp`` with one row per distinct
+        score, by ascending threshold; empty for no scores.
+    """
+    s = np.asarray(scores, dtype=np.float64)
+    y = np.asarray(labels).astype(bool)
+    if s.shape != y.shape or s.ndim != 1:
+        raise ValueError(f"scores {s.shape} and labels {y.shape} must both be (n,)")
+    total = int(y.sum()) if positives is None else int(positives)
+    order = np.argsort(-s, kind="stable")
+    s_sorted, y_sorted = s[order], y[order]
+    # the decision "score >= s" at every distinct score: the last of each run of ties
+    last = np.r_[s_sorted[1:] != s_sorted[:-1], True] if len(s) else np.zeros(0, bool)
+    tp = np.cumsum(y_sorted)[last]
+    fp = np.cumsum(~y_sorted)[last]
+    precision = tp / np.maximum(tp + fp, 1)
+    recall = tp / total if total else np.zeros(len(tp))
+    f1 = 2 * tp / np.maximum(tp + fp + total, 1)
+    return pd.DataFrame({
+        "threshold": s_sorted[last][::-1], "precision": precision[::-1],
+        "recall": recall[::-1], "f1": f1[::-1], "tp": tp[::-1], "fp": fp[::-1],
+    })
+
+
+def cut_below(thresholds: np.ndarray, i: int) -> float:
+    """A decision threshold that keeps the ``i``-th of the distinct ``thresholds``
+    (descending) and drops the next: midway to it, so it generalises instead of sitting on
+    a training example (just below the lowest one)."""
+    return float((thresholds[i] + thresholds[i + 1]) / 2 if i + 1 < len(thresholds)
+                 else thresholds[i] - 1e-6)
+
+
 def best_f1_threshold(scores: np.ndarray, labels: np.ndarray, positives: int | None = None
                       ) -> tuple[float, float]:
     """The threshold maximising F1 of ``scores >= threshold`` against binary labels.
@@ -59,22 +103,13 @@ def best_f1_threshold(scores: np.ndarray, labels: np.ndarray, positives: int | N
 
     Returns:
         ``(threshold, f1)``; the threshold is midway between the chosen score and the next
-        lower one, so it generalises instead of sitting on a training example.
+        lower one (:func:`cut_below`); among equal F1 the highest threshold wins.
     """
-    scores = np.asarray(scores, dtype=np.float64)
     labels = np.asarray(labels).astype(bool)
-    order = np.argsort(-scores, kind="stable")
-    s, y = scores[order], labels[order]
-    tp = np.cumsum(y)
-    fp = np.cumsum(~y)
-    positives = max(int(y.sum()) if positives is None else int(positives), 1)
-    f1 = 2 * tp / (tp + fp + positives)
-    # only cut between distinct scores
-    last = np.r_[s[1:] != s[:-1], True]
-    f1 = np.where(last, f1, -1)
-    best = int(np.argmax(f1))
-    threshold = (s[best] + s[best + 1]) / 2 if best + 1 < len(s) else s[best] - 1e-6
-    return float(threshold), float(f1[best])
+    total = max(int(labels.sum()) if positives is None else int(positives), 1)
+    curve = pr_curve(scores, labels, total).iloc[::-1]  # highest threshold first
+    best = int(np.argmax(curve["f1"].to_numpy()))
+    return cut_below(curve["threshold"].to_numpy(), best), float(curve["f1"].iloc[best])
 
 
 def recall_at_k(candidates: pd.DataFrame, truth: pd.DataFrame, ks: Iterable[int]

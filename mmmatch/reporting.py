@@ -18,8 +18,8 @@ filtering script is inline and the page works without it. Sections:
 * **problems**: the rows whose image could not be used (``pairs.attrs["problems"]``).
 
 The data behind it comes from small pure functions (:func:`summarize`,
-:func:`uncertain_first`, :func:`pair_labels`, :func:`pr_curve`, :func:`pair_clusters`) that
-can be checked, or used, on their own.
+:func:`uncertain_first`, :func:`pair_labels`, :func:`~mmmatch.metrics.pr_curve`,
+:func:`pair_clusters`) that can be checked, or used, on their own.
 
 Needs the ``report`` extra (matplotlib, jinja2): ``pip install "mmmatch[report]"``.
 
@@ -46,6 +46,7 @@ from mmmatch._io import atomic_file
 from mmmatch.catalogue import PROBLEM_COLUMNS, Catalogue, ColumnMap, load_catalogue, read_table
 from mmmatch.exceptions import ImageError, MmmatchError
 from mmmatch.images import ImageLimits, decode_image, read_image_bytes
+from mmmatch.metrics import pr_curve
 
 __all__ = [
     "EVIDENCE_DISPLAY",
@@ -149,40 +150,6 @@ def pair_labels(
                              f"{pairs['label'].iloc[row]!r}")
         return labels
     return None
-
-
-def pr_curve(scores: np.ndarray, labels: np.ndarray, positives: int | None = None
-             ) -> pd.DataFrame:
-    """Precision and recall of the decision ``score >= t`` at every distinct score ``t``.
-
-    Args:
-        scores: (n,) finite pair scores, higher means "match".
-        labels: (n,) 0/1 (or bool) true labels.
-        positives: the number of true pairs recall is measured against (default: the positive
-            labels); true pairs that were never scored count as missed.
-
-    Returns:
-        DataFrame ``threshold, precision, recall, f1, tp, fp`` with one row per distinct
-        score, by ascending threshold (as :attr:`ThresholdCalibrator.curve_
-        <mmmatch.calibrate.ThresholdCalibrator>`); empty for no scores.
-    """
-    s = np.asarray(scores, dtype=np.float64)
-    y = np.asarray(labels).astype(bool)
-    if s.shape != y.shape or s.ndim != 1:
-        raise ValueError(f"scores {s.shape} and labels {y.shape} must both be (n,)")
-    total = int(y.sum()) if positives is None else int(positives)
-    order = np.argsort(-s, kind="stable")
-    s_sorted, y_sorted = s[order], y[order]
-    last = np.r_[s_sorted[1:] != s_sorted[:-1], True] if len(s) else np.zeros(0, bool)
-    tp = np.cumsum(y_sorted)[last]
-    fp = np.cumsum(~y_sorted)[last]
-    precision = tp / np.maximum(tp + fp, 1)
-    recall = tp / total if total else np.zeros(len(tp))
-    f1 = 2 * tp / np.maximum(tp + fp + total, 1)
-    return pd.DataFrame({
-        "threshold": s_sorted[last][::-1], "precision": precision[::-1],
-        "recall": recall[::-1], "f1": f1[::-1], "tp": tp[::-1], "fp": fp[::-1],
-    })
 
 
 def uncertain_first(pairs: pd.DataFrame, threshold: float, column: str = "score"
