@@ -269,7 +269,7 @@ def cmd_explain(args: argparse.Namespace) -> int:
 
         frame = with_texts(scored, left_cat, right_cat)
         features = reranker.explain(frame).iloc[0]
-        contrib = reranker.contributions(frame).iloc[0]
+        contrib = reranker.contributions(frame).iloc[0]  # one pair: cheap to read twice
         print("  reranker features, most decisive first (contribution to the log-odds; "
               "+ towards match):")
         order = contrib.drop("bias").abs().sort_values(ascending=False, kind="stable").index

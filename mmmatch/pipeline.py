@@ -364,8 +364,9 @@ class Matcher:
         from mmmatch.rerank import with_texts
 
         frame = with_texts(pairs, left.catalogue, right.catalogue)
-        return pairs.assign(probability=reranker.predict_proba(frame),
-                            decisive=reranker.decisive(frame).to_numpy())
+        scored = reranker.predict_explained(frame)
+        return pairs.assign(probability=scored["probability"].to_numpy(),
+                            decisive=scored["decisive"].to_numpy())
 
     def _decide(self, pairs: pd.DataFrame, threshold: float | None) -> pd.DataFrame:
         column = "probability" if "probability" in pairs else "score"

@@ -352,13 +352,32 @@ class PairReranker:
                              f"{missing}")
         return x[self.feature_names_]
 
-    def predict_proba(self, pairs: pd.DataFrame) -> np.ndarray:
-        """Probability of "same product" for each pair, (n,) float32."""
-        x = self._matrix(pairs)
+    def _proba(self, x: pd.DataFrame) -> np.ndarray:
         if x.empty:
             return np.zeros(0, dtype=np.float32)
         return self.booster_.predict(x.to_numpy(dtype=np.float32),
                                      num_threads=_threads(len(x))).astype(np.float32)
+
+    def _contributions(self, x: pd.DataFrame) -> pd.DataFrame:
+        cols = [*self.feature_names_, "bias"]
+        if x.empty:
+            return pd.DataFrame(columns=cols, dtype=np.float64)
+        c = self.booster_.predict(x.to_numpy(dtype=np.float32), pred_contrib=True,
+                                  num_threads=_threads(len(x)))
+        return pd.DataFrame(c, columns=cols, index=x.index)
+
+    def _reasons(self, x: pd.DataFrame, contrib: pd.DataFrame, top: int) -> pd.Series:
+        c = contrib[self.feature_names_].to_numpy()
+        values = x.to_numpy(dtype=np.float64)
+        order = np.argsort(-np.abs(c), axis=1, kind="stable")[:, :top]
+        names = self.feature_names_
+        out = ["; ".join(f"{names[j]}={_short(values[row, j])} ({c[row, j]:+.2f})"
+                         for j in cols) for row, cols in enumerate(order)]
+        return pd.Series(out, index=x.index, dtype=object)
+
+    def predict_proba(self, pairs: pd.DataFrame) -> np.ndarray:
+        """Probability of "same product" for each pair, (n,) float32."""
+        return self._proba(self._matrix(pairs))
 
     def contributions(self, pairs: pd.DataFrame) -> pd.DataFrame:
         """Each feature's exact contribution to each pair's log-odds (TreeSHAP).
@@ -367,19 +386,12 @@ class PairReranker:
             (n, f + 1) float DataFrame: one column per feature plus ``bias``; a row sums
             to the pair's log-odds, ``log(p / (1 - p))``.
         """
-        x = self._matrix(pairs)
-        cols = [*self.feature_names_, "bias"]
-        if x.empty:
-            return pd.DataFrame(columns=cols, dtype=np.float64)
-        c = self.booster_.predict(x.to_numpy(dtype=np.float32), pred_contrib=True,
-                                  num_threads=_threads(len(x)))
-        return pd.DataFrame(c, columns=cols, index=pairs.index)
+        return self._contributions(self._matrix(pairs))
 
     def explain(self, pairs: pd.DataFrame) -> pd.DataFrame:
         """The features of each pair as the booster sees them, plus its probability."""
-        x = self._matrix(pairs).copy()
-        x["probability"] = self.predict_proba(pairs) if len(x) else np.zeros(0, np.float32)
-        return x
+        x = self._matrix(pairs)
+        return x.assign(probability=self._proba(x))
 
     def decisive(self, pairs: pd.DataFrame, top: int = 3) -> pd.Series:
         """The features that moved each pair's probability most, as readable text.
@@ -394,16 +406,19 @@ class PairReranker:
             "same product").
         """
         x = self._matrix(pairs)
-        contrib = self.contributions(pairs)[self.feature_names_].to_numpy()
-        values = x.to_numpy(dtype=np.float64)
-        order = np.argsort(-np.abs(contrib), axis=1, kind="stable")[:, :top]
-        names = self.feature_names_
-        out = []
-        for row, cols in enumerate(order):
-            parts = [f"{names[c]}={_short(values[row, c])} ({contrib[row, c]:+.2f})"
-                     for c in cols]
-            out.append("; ".join(parts))
-        return pd.Series(out, index=pairs.index, dtype=object)
+        return self._reasons(x, self._contributions(x), top)
+
+    def predict_explained(self, pairs: pd.DataFrame, top: int = 3) -> pd.DataFrame:
+        """:meth:`predict_proba` and :meth:`decisive` together, the features (and the
+        cross-encoder's scores) computed once.
+
+        Returns:
+            DataFrame ``probability, decisive`` with the index of ``pairs``.
+        """
+        x = self._matrix(pairs)
+        return pd.DataFrame({"probability": self._proba(x),
+                             "decisive": self._reasons(x, self._contributions(x), top)},
+                            index=x.index)
 
     def save(self, folder: str | Path) -> Path:
         """Write the reranker folder atomically: ``reranker.json`` (format, features,
