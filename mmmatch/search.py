@@ -214,6 +214,17 @@ class PreparedItems:
         return len(self.ids)
 
 
+def _search_rows(matcher: Any, encoded: Any) -> tuple[np.ndarray, pd.DataFrame]:
+    """What an index keeps of encoded rows: their search vectors, (n, dim) float32, and the
+    items table (``_id``, ``_title``, ``_text`` and the catalogue's columns)."""
+    fused = matcher._fuse(encoded, matcher.fusion_weights_for(matcher.search_score_weights))
+    items = encoded.catalogue.data.copy()
+    items.insert(0, "_id", encoded.ids)
+    items.insert(1, "_title", encoded.catalogue.titles)
+    items.insert(2, "_text", encoded.catalogue.texts)
+    return fused, items
+
+
 class SearchIndex:
     """A catalogue indexed for photo / title search. Build with :meth:`build`, :meth:`empty`,
     :meth:`load` or :meth:`open`.
@@ -302,15 +313,11 @@ class SearchIndex:
         enc = matcher.encode(cat, use_images=has_images and bool(matcher.image_encoder),
                              use_text=bool(matcher.text_encoder))
         layout = FusedLayout.of(enc)
-        fused = matcher._fuse(enc, matcher.fusion_weights_for(matcher.search_score_weights))
+        fused, items = _search_rows(matcher, enc)
         image_enc, text_enc = matcher.encoders(layout.image_dim > 0, layout.text_dim > 0)
         index = EmbeddingIndex(layout.dim, "cosine", factory, nprobe,
                                metadata=cls._metadata(image_enc, text_enc))
         index.add(fused, enc.ids)
-        items = enc.catalogue.data.copy()
-        items.insert(0, "_id", enc.ids)
-        items.insert(1, "_title", enc.catalogue.titles)
-        items.insert(2, "_text", enc.catalogue.texts)
         out = cls(matcher, index, items, layout)
         out.problems = cat.problems
         return out
@@ -646,12 +653,7 @@ class SearchIndex:
             raise ConfigMismatchError(
                 f"the new rows embed as {FusedLayout.of(enc)} but the index is {self.layout}"
             )
-        fused = self.matcher._fuse(
-            enc, self.matcher.fusion_weights_for(self.matcher.search_score_weights))
-        items = enc.catalogue.data.copy()
-        items.insert(0, "_id", enc.ids)
-        items.insert(1, "_title", enc.catalogue.titles)
-        items.insert(2, "_text", enc.catalogue.texts)
+        fused, items = _search_rows(self.matcher, enc)
         return PreparedItems([str(i) for i in enc.ids], fused, _json_rows(items),
                              enc.catalogue.problems)
 
