@@ -308,6 +308,19 @@ class Matcher:
             DataFrame ``left_id, right_id, score``, the evidence columns, ``rank``
             plus ``left_pos, right_pos`` (row positions in the encoded catalogues).
         """
+        return self._candidates(left, right, layout, k, exclude_self, cross_source)[0]
+
+    def _candidates(
+        self,
+        left: EncodedCatalogue,
+        right: EncodedCatalogue,
+        layout: FusedLayout,
+        k: int | None = None,
+        exclude_self: bool = False,
+        cross_source: bool = False,
+    ) -> tuple[pd.DataFrame, Any]:
+        """:meth:`candidates`, and a function ``(li, ri) -> evidence`` that scores other
+        pairs of positions in the same context (fused vectors, TF-IDF, hubness terms)."""
         k = k or self.k
         lf = self._fuse(left)
         rf = lf if right is left else self._fuse(right)
@@ -349,7 +362,11 @@ class Matcher:
         out = out.sort_values(["left_pos", "score"], ascending=[True, False], kind="stable")
         out["rank"] = (out.groupby("left_pos", sort=False).cumcount() + 1).astype(np.int32)
         out = out[out["rank"] <= k].reset_index(drop=True)
-        return out[[*PAIR_COLUMNS, "left_pos", "right_pos"]]
+
+        def score(li: np.ndarray, ri: np.ndarray) -> pd.DataFrame:
+            return self._compare(left, right, layout, li, ri, lf, rf, lexical, hub)
+
+        return out[[*PAIR_COLUMNS, "left_pos", "right_pos"]], score
 
     def _rerank(self, pairs: pd.DataFrame, left: EncodedCatalogue, right: EncodedCatalogue
                 ) -> pd.DataFrame:
@@ -481,13 +498,8 @@ class Matcher:
         """
         from mmmatch.train import train_model
 
-        if isinstance(data, Catalogue):
-            cat = data
-        else:
-            cmap = columns if isinstance(columns, ColumnMap) else ColumnMap(**(columns or {}))
-            if label_column is not None:
-                cmap = dataclasses.replace(cmap, label=label_column)
-            cat = load_catalogue(data, cmap)
+        cat = (load_catalogue(data, columns) if label_column is None
+               else self._labelled(data, columns, label_column))
         cache = self._cache()
         try:
             model, (_, valid_rows) = train_model(
@@ -538,8 +550,8 @@ class Matcher:
 
         Returns:
             DataFrame ``left_id, right_id, label, left_label, right_label`` (label 1: same
-            product), with the candidates' ``score`` and evidence (NaN for the added
-            positives).
+            product), with every pair's ``score`` and evidence, as :meth:`score_pairs`
+            gives them.
 
         Raises:
             ValueError: a catalogue has no labels.
@@ -548,7 +560,7 @@ class Matcher:
         same = right is None or right is left
         rc = lc if same else self._labelled(right, right_columns, label_column, "right")
         le, re_, layout = self._encode_pair(lc, rc)
-        cands = self.candidates(le, re_, layout, k=k, exclude_self=same)
+        cands, score = self._candidates(le, re_, layout, k=k, exclude_self=same)
         lpos, rpos = cands["left_pos"].to_numpy(), cands["right_pos"].to_numpy()
         if same:  # a pair and its mirror are one pair: keep the better-ranked copy
             lo, hi = np.minimum(lpos, rpos), np.maximum(lpos, rpos)
@@ -570,11 +582,8 @@ class Matcher:
                                   replace=False)
                 extra.extend((i, int(j)) if not same else (min(i, j), max(i, j))
                              for j in take)
-        extra = sorted(set(extra))
-        added = pd.DataFrame({"left_pos": [a for a, _ in extra],
-                              "right_pos": [b for _, b in extra]}, dtype=np.int64)
-        added["left_id"] = le.ids[added["left_pos"]]
-        added["right_id"] = re_.ids[added["right_pos"]]
+        extra = np.array(sorted(set(extra)), dtype=np.int64).reshape(-1, 2)
+        added = score(extra[:, 0], extra[:, 1])  # scored as the candidates were
         out = pd.concat([cands, added], ignore_index=True)
         li, ri = out["left_pos"].to_numpy(), out["right_pos"].to_numpy()
         out["left_label"], out["right_label"] = llab[li], rlab[ri]
@@ -584,14 +593,15 @@ class Matcher:
         return out[cols].reset_index(drop=True)
 
     def _labelled(self, data: Any, columns: ColumnMap | dict | None, label_column: str,
-                  name: str) -> Catalogue:
+                  name: str | None = None) -> Catalogue:
+        """``data`` loaded with ``label_column`` as its label role (a Catalogue as is)."""
         if isinstance(data, Catalogue):
             cat = data
         else:
             cmap = columns if isinstance(columns, ColumnMap) else ColumnMap(**(columns or {}))
             cat = load_catalogue(data, dataclasses.replace(cmap, label=label_column), name=name)
         if cat.labels is None:
-            raise ValueError(f"{name}: no label column {label_column!r} to mine pairs from")
+            raise ValueError(f"{name or cat.name}: no label column {label_column!r}")
         return cat
 
     def fit_reranker(
@@ -675,14 +685,18 @@ class Matcher:
                 in_l, in_r = mined["left_label"].isin(held), mined["right_label"].isin(held)
                 train, valid = mined[~in_l & ~in_r], mined[in_l]
             else:
-                train, valid = mined, _labelled_pairs(valid, "valid")
+                train, valid = mined, self.score_pairs(lc, rc, _labelled_pairs(valid, "valid"))
             if train["label"].nunique() < 2 or valid["label"].nunique() < 2:
                 raise ValueError("the mined pairs need matches and non-matches on both sides "
                                  "of the split; label more products or raise k")
         keep = ["left_id", "right_id", "label"]
+        if pairs is None:  # mined pairs come with their evidence
+            keep += ["score", *EVIDENCE_COLUMNS]
         both = pd.concat([train[keep].assign(_part="train"), valid[keep].assign(_part="valid")],
                          ignore_index=True)
-        scored = with_texts(self.score_pairs(lc, rc, both), lc, rc)
+        if pairs is not None:  # labelled pairs: their evidence, in one scoring context
+            both = self.score_pairs(lc, rc, both)
+        scored = with_texts(both, lc, rc)
         ce = None
         if cross_encoder is True:
             ce = CrossEncoderScorer(seed=seed, device=self.device,

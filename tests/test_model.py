@@ -298,6 +298,11 @@ def test_reranker_mined_from_the_labelled_catalogue_is_saved_in_the_model(
     sizes = cat.groupby("product")["id"].transform("size")
     multi = set(cat.loc[sizes > 1, "product"])
     assert multi <= set(mined.loc[mined["label"] == 1, "left_label"])
+    # every mined pair carries the evidence score_pairs gives it (added positives too)
+    again = matcher.score_pairs(cat, cat, mined[["left_id", "right_id"]])
+    for col in ["score", "image_sim", "text_sim", "fused_sim"]:
+        np.testing.assert_allclose(mined[col], again[col], rtol=1e-5, atol=1e-6)
+    assert mined["score"].notna().all()
 
     out = tmp_path / "with-reranker"
     matcher.fit_reranker(cat, label_column="product", output=out, max_iter=30)
