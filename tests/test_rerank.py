@@ -176,3 +176,16 @@ def test_with_texts_brings_prices_and_brands_of_catalogues_that_have_them():
     rr = PairReranker(None, max_iter=5).fit(_toy_pairs(60))
     x = rr._features(out.assign(score=0.5), None)  # the price reaches the features
     assert x["price_ratio"].iloc[0] == pytest.approx(489.99 / 499.0)
+
+
+def test_predict_explained_is_predict_proba_and_decisive_in_one_pass():
+    rr = PairReranker(None, max_iter=30).fit(_toy_pairs(80))
+    test = _toy_pairs(20, seed=4)
+    got = rr.predict_explained(test, top=2)
+    np.testing.assert_array_equal(got["probability"].to_numpy(), rr.predict_proba(test))
+    assert got["decisive"].tolist() == rr.decisive(test, top=2).tolist()
+    calls = []
+    features = rr._features
+    rr._features = lambda pairs, ce: (calls.append(1), features(pairs, ce))[1]
+    rr.predict_explained(test)
+    assert len(calls) == 1  # pair features (and cross-encoder scores) computed once

@@ -78,14 +78,17 @@ def test_tune_malloc_is_idempotent_and_respects_opt_out(monkeypatch):
     monkeypatch.setenv("MMMATCH_NO_MALLOC_TUNING", "1")
     assert blas.tune_malloc() is False
     monkeypatch.delenv("MMMATCH_NO_MALLOC_TUNING")
-    for key in [k for k in __import__("os").environ if k.startswith("MALLOC_")]:
+    import ctypes
+    import os
+    import platform
+
+    for key in [k for k in os.environ if k.startswith("MALLOC_")]:
         monkeypatch.delenv(key)
     first = blas.tune_malloc()
     assert blas.tune_malloc() is first  # once per process
     try:
-        __import__("ctypes").CDLL("libc.so.6").mallopt
-        glibc = __import__("platform").system() == "Linux"
-    except (OSError, AttributeError):
+        glibc = hasattr(ctypes.CDLL("libc.so.6"), "mallopt") and platform.system() == "Linux"
+    except OSError:
         glibc = False
     assert first is glibc  # glibc accepts all three settings; elsewhere nothing is done
     monkeypatch.setattr(blas, "_malloc_tuned", False)
