@@ -13,11 +13,15 @@ with a manifest that is checked on load.
 ``factory="auto-search"`` (what :class:`~mmmatch.search.SearchIndex` builds) serves small
 batches of queries, where an exact scan reads every vector once per batch: it stays
 ``"Flat"`` only while the vectors hold at most 2**25 floats (128 MB; 100,000 photo + title
-vectors of 1,664 dims are 666 MB), and above is the same IVF with the vectors stored in
-half precision (``IVF{n},SQfp16``: 2x less memory to read per query batch), searched with
-``nprobe = max(64, n / 16)`` (100,000 grocery photo + title vectors, 16 queries: 9 ms per
-batch against 166 ms exact; top-10 overlap with exact search 0.96, see
-``benchmarks/serve_load.py``).
+vectors of 1,664 dims are 666 MB). Above, the vectors are stored in half precision in the
+same IVF (``IVF{n},SQfp16``, which also gives :meth:`EmbeddingIndex.reconstruct`), and a
+*shortlist* finds the candidates: ``IVF{n},PQ{dim/4}x4fs``, 4-bit product codes scanned
+with SIMD (FAISS "fast scan"), ``nprobe = max(128, n / 8)``; its best ``k_factor * k`` (8k)
+candidates are then re-scored exactly from the half-precision vectors. On 100,000
+grocery photo + title vectors, 16 queries: 3.3 ms per batch against 9.6 ms for the
+``SQfp16`` IVF alone (``nprobe`` 64) and 166 ms exact; top-10 overlap with exact search
+0.97 against 0.95 (see ``benchmarks/serve_load.py``). Indexes saved without a shortlist
+are searched through their IVF as before.
 
 Any FAISS factory string (``"HNSW32"``, ``"IVF4096,PQ32"``...) can be given instead.
 """
@@ -27,6 +31,7 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+import re
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -39,7 +44,7 @@ from mmmatch._validation import check_embeddings, l2_normalize
 from mmmatch.exceptions import ConfigMismatchError
 from mmmatch.similarity import Metric
 
-__all__ = ["EmbeddingIndex", "auto_factory"]
+__all__ = ["EmbeddingIndex", "auto_factory", "shortlist_factory"]
 
 FORMAT_VERSION = 1
 FLAT_LIMIT = 200_000
@@ -61,6 +66,17 @@ def auto_factory(n: int, dim: int | None = None, search: bool = False
     return f"IVF{nlist},Flat", max(16, nlist // 16)
 
 
+def shortlist_factory(factory: str, dim: int) -> tuple[str, int] | None:
+    """The fast-scan shortlist (factory string, ``nprobe``) that ``"auto-search"`` adds to
+    an ``IVF{n},SQfp16`` index of ``dim``-wide vectors; ``None`` where there is none (an
+    exact index, or a width 4-bit codes of 4 dims each cannot pair up)."""
+    match = re.fullmatch(r"IVF(\d+),SQfp16", factory)
+    if match is None or dim % 8:
+        return None
+    nlist = int(match.group(1))
+    return f"IVF{nlist},PQ{dim // 4}x4fs", max(128, nlist // 8)
+
+
 def _versions() -> dict[str, str]:
     import faiss
 
@@ -79,6 +95,8 @@ class EmbeddingIndex:
         nprobe: inverted lists visited per query for IVF indexes (``None``: the auto rule).
         metadata: JSON-serialisable facts saved with the index and checked on load
             (for example the encoder ids that made the vectors).
+        k_factor: with a shortlist (``"auto-search"`` above the exact limit), how many
+            candidates per wanted result it passes on to be re-scored exactly.
 
     Example:
         >>> index = EmbeddingIndex(dim=4)
@@ -95,6 +113,7 @@ class EmbeddingIndex:
         factory: str = "auto",
         nprobe: int | None = None,
         metadata: dict[str, Any] | None = None,
+        k_factor: int = 8,
     ) -> None:
         if int(dim) <= 0:
             raise ValueError(f"dim must be positive, got {dim}")
@@ -103,7 +122,10 @@ class EmbeddingIndex:
         self.factory = factory
         self.nprobe = nprobe
         self.metadata = dict(metadata or {})
+        self.k_factor = max(1, int(k_factor))
         self._index: Any = None
+        self._shortlist: Any = None  # fast-scan candidates, re-scored from _index
+        self._shortlist_factory: str | None = None
         self._resolved_factory: str | None = None
         self._next = 0
         self._int_of: dict[str, int] = {}
@@ -137,6 +159,12 @@ class EmbeddingIndex:
         self._index = index
         self._resolved_factory = factory
         self._apply_nprobe()
+        short = shortlist_factory(factory, self.dim) if self.factory == "auto-search" else None
+        if short is not None:
+            shortlist = faiss.index_factory(self.dim, short[0], self._faiss_metric())
+            shortlist.train(train)
+            faiss.extract_index_ivf(shortlist).nprobe = short[1]
+            self._shortlist, self._shortlist_factory = shortlist, short[0]
 
     def _apply_nprobe(self) -> None:
         import faiss
@@ -177,6 +205,8 @@ class EmbeddingIndex:
             self._create(arr)
         ints = np.arange(self._next, self._next + len(ids), dtype=np.int64)
         self._index.add_with_ids(arr, ints)
+        if self._shortlist is not None:
+            self._shortlist.add_with_ids(arr, ints)
         self._next += len(ids)
         self._table = None
         for s, i in zip(ids, ints.tolist(), strict=True):
@@ -198,6 +228,8 @@ class EmbeddingIndex:
         if not ints or self._index is None:
             return 0
         arr = np.asarray(ints, np.int64)
+        if self._shortlist is not None:
+            self._shortlist.remove_ids(faiss.IDSelectorArray(len(arr), faiss.swig_ptr(arr)))
         if (self._resolved_factory or "").startswith("IVF"):
             # an IVF's hashtable direct map removes only by an explicit id array
             return int(self._index.remove_ids(faiss.IDSelectorArray(len(arr),
@@ -223,7 +255,8 @@ class EmbeddingIndex:
         missing = [i for i in ids if str(i) not in self._int_of]
         if missing:
             raise KeyError(f"ids not in the index: {missing[:5]}")
-        return np.stack([self._index.reconstruct(self._int_of[str(i)]) for i in ids])
+        ints = np.fromiter((self._int_of[str(i)] for i in ids), np.int64, len(ids))
+        return np.ascontiguousarray(self._index.reconstruct_batch(ints), dtype=np.float32)
 
     def search(self, queries: Any, k: int = 10) -> tuple[np.ndarray, np.ndarray]:
         """The ``k`` nearest stored vectors of each query.
@@ -246,7 +279,10 @@ class EmbeddingIndex:
                 np.full((n, k), self.metric.worst, np.float32),
                 np.full((n, k), None, dtype=object),
             )
-        scores, labels = self._index.search(q, k)
+        if self._shortlist is not None:
+            scores, labels = self._rescored(q, k)
+        else:
+            scores, labels = self._index.search(q, k)
         if self._table is None:
             self._table = np.full(self._next + 1, None, dtype=object)  # last slot: padding
             self._table[list(self._str_of)] = list(self._str_of.values())
@@ -254,6 +290,30 @@ class EmbeddingIndex:
         ids = self._table[np.where(valid, labels, self._next)]
         scores = np.where(valid, scores, self.metric.worst).astype(np.float32)
         return np.ascontiguousarray(scores), ids
+
+    def _rescored(self, q: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """The shortlist's ``k_factor * k`` candidates re-scored exactly from the stored
+        vectors: FAISS-style ``(scores, labels)``, (n, k), label -1 for padding."""
+        n = len(q)
+        _, cand = self._shortlist.search(q, min(len(self), self.k_factor * k))
+        valid = cand >= 0
+        rows = np.repeat(np.arange(n), valid.sum(axis=1))
+        vecs = self._index.reconstruct_batch(cand[valid])
+        if self.metric is Metric.L2:  # lower is closer: rank by the negated distance
+            exact = -np.einsum("ij,ij->i", q[rows] - vecs, q[rows] - vecs)
+        else:
+            exact = np.einsum("ij,ij->i", q[rows], vecs)
+        closeness = np.full(cand.shape, -np.inf, dtype=np.float32)
+        closeness[valid] = exact
+        top = np.argsort(-closeness, axis=1, kind="stable")[:, :k]
+        best = np.take_along_axis(closeness, top, axis=1)
+        labels = np.where(np.isfinite(best), np.take_along_axis(cand, top, axis=1), -1)
+        if labels.shape[1] < k:  # fewer stored vectors than k
+            pad = k - labels.shape[1]
+            labels = np.pad(labels, ((0, 0), (0, pad)), constant_values=-1)
+            best = np.pad(best, ((0, 0), (0, pad)), constant_values=-np.inf)
+        scores = -best if self.metric is Metric.L2 else best
+        return scores.astype(np.float32), labels
 
     # -- persistence ------------------------------------------------------------------------
     def manifest(self) -> dict[str, Any]:
@@ -266,6 +326,8 @@ class EmbeddingIndex:
             "factory": self.factory,
             "resolved_factory": self._resolved_factory,
             "nprobe": self.nprobe,
+            "shortlist": self._shortlist_factory,
+            "k_factor": self.k_factor,
             "count": len(self),
             "metadata": self.metadata,
             "versions": _versions(),
@@ -278,6 +340,8 @@ class EmbeddingIndex:
         (folder / "manifest.json").write_text(json.dumps(self.manifest(), indent=2))
         if self._index is not None:
             faiss.write_index(self._index, str(folder / "index.faiss"))
+        if self._shortlist is not None:
+            faiss.write_index(self._shortlist, str(folder / "shortlist.faiss"))
         ints = np.array(sorted(self._str_of), dtype=np.int64)
         table = pd.DataFrame({"int_id": ints, "id": [self._str_of[i] for i in ints]})
         table.to_parquet(folder / "ids.parquet", index=False)
@@ -332,7 +396,8 @@ class EmbeddingIndex:
                 raise ConfigMismatchError(
                     f"{path}: index was built with {key}={have!r}, but {want!r} is in use"
                 )
-        index = cls(m["dim"], m["metric"], m["factory"], m.get("nprobe"), m.get("metadata"))
+        index = cls(m["dim"], m["metric"], m["factory"], m.get("nprobe"), m.get("metadata"),
+                    m.get("k_factor", 8))
         if (path / "index.faiss").exists():
             index._index = faiss.read_index(str(path / "index.faiss"))
             index._resolved_factory = m.get("resolved_factory")
@@ -341,15 +406,22 @@ class EmbeddingIndex:
                     f"{path}: index.faiss has dim {index._index.d}, manifest says {index.dim}"
                 )
             index._apply_nprobe()
+        if m.get("shortlist"):
+            if not (path / "shortlist.faiss").exists():
+                raise ConfigMismatchError(f"{path}: the manifest names a shortlist index "
+                                          f"({m['shortlist']}) but shortlist.faiss is missing")
+            index._shortlist = faiss.read_index(str(path / "shortlist.faiss"))
+            index._shortlist_factory = m["shortlist"]
         table = pd.read_parquet(path / "ids.parquet")
         ints = table["int_id"].to_numpy(np.int64)
         index._str_of = dict(zip(ints.tolist(), table["id"].astype(str).tolist(), strict=True))
         index._int_of = {s: i for i, s in index._str_of.items()}
         index._next = int(ints.max()) + 1 if len(ints) else 0
         index._table = None
-        if index._index is not None and index._index.ntotal != len(index._str_of):
-            raise ConfigMismatchError(
-                f"{path}: index.faiss holds {index._index.ntotal} vectors but ids.parquet "
-                f"{len(index._str_of)}"
-            )
+        for name, part in (("index.faiss", index._index), ("shortlist.faiss", index._shortlist)):
+            if part is not None and part.ntotal != len(index._str_of):
+                raise ConfigMismatchError(
+                    f"{path}: {name} holds {part.ntotal} vectors but ids.parquet "
+                    f"{len(index._str_of)}"
+                )
         return index

@@ -272,3 +272,87 @@ def test_half_precision_ivf_adds_removes_reconstructs_and_round_trips(tmp_path):
     again = EmbeddingIndex.load(tmp_path / "ivf")
     _, got2 = again.search(x[2:10], 1)
     assert got2[:, 0].tolist() == ids[2:10] and len(again) == 1998
+
+
+def test_shortlist_factory_pairs_with_the_half_precision_ivf_only():
+    from mmmatch.index import shortlist_factory
+
+    assert shortlist_factory("IVF1024,SQfp16", 1664) == ("IVF1024,PQ416x4fs", 128)
+    assert shortlist_factory("IVF4096,SQfp16", 1664) == ("IVF4096,PQ416x4fs", 512)
+    assert shortlist_factory("IVF1024,SQfp16", 1660) is None  # 4-dim codes cannot pair up
+    assert shortlist_factory("Flat", 1664) is None
+    assert shortlist_factory("IVF1024,Flat", 1664) is None
+
+
+def _clustered(n, d, seed):
+    """Vectors around 40 centres (as embeddings are), L2-normalised."""
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(size=(40, d))
+    x = centres[rng.integers(40, size=n)] + 0.4 * rng.normal(size=(n, d))
+    return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+
+
+@pytest.mark.parametrize("metric", ["cosine", "l2"])
+def test_auto_search_shortlist_rescores_exactly_and_keeps_changes(tmp_path, monkeypatch, metric):
+    import mmmatch.index as index_module
+
+    monkeypatch.setattr(index_module, "SEARCH_FLAT_FLOATS", 1000)  # go approximate early
+    x = _clustered(3000, 32, seed=5)
+    q = _clustered(40, 32, seed=6)
+    ids = [f"v{i}" for i in range(len(x))]
+    _, ref_order = _brute(x, q, metric, 10)
+    truth = [{ids[j] for j in row} for row in ref_order]
+    recalls = []
+    for k_factor in (1, 32):  # 1: the 4-bit codes' own ranking; 32: 320 re-scored
+        index = EmbeddingIndex(32, metric, factory="auto-search", k_factor=k_factor)
+        index.add(x, ids)
+        scores, found = index.search(q, k=10)
+        recalls.append(np.mean([len(set(r) & t) / 10 for r, t in zip(found, truth, strict=True)]))
+    assert index._resolved_factory == "IVF256,SQfp16"
+    assert index._shortlist_factory == "IVF256,PQ8x4fs"
+    assert recalls[1] > 0.9 and recalls[1] > recalls[0] + 0.3
+    # the scores are the stored vectors' exact ones (fp16), best first, not the 4-bit codes'
+    pos = np.array([[int(i[1:]) for i in row] for row in found])
+    xs = x[pos]
+    exact = (((q[:, None] - xs) ** 2).sum(-1) if metric == "l2"
+             else np.einsum("qd,qkd->qk", q, xs))
+    np.testing.assert_allclose(scores, exact, atol=3e-3)
+    assert (np.diff(scores, axis=1) >= -1e-6 if metric == "l2"
+            else np.diff(scores, axis=1) <= 1e-6).all()
+    # removed ids leave both structures; the shortlist travels with the saved index
+    gone = [found[0, 0], found[1, 0]]
+    assert index.remove(gone) == 2
+    _, after = index.search(q[:2], k=10)
+    assert not set(gone) & set(after.ravel())
+    index.save(tmp_path / "idx")
+    again = EmbeddingIndex.load(tmp_path / "idx")
+    assert again._shortlist is not None and again._shortlist.ntotal == len(x) - 2
+    _, f2 = again.search(q, k=10)
+    _, f1 = index.search(q, k=10)
+    assert f2.tolist() == f1.tolist()
+
+
+def test_shortlist_pads_when_k_exceeds_the_candidates(monkeypatch):
+    import mmmatch.index as index_module
+
+    monkeypatch.setattr(index_module, "SEARCH_FLAT_FLOATS", 1000)
+    x = _clustered(1100, 16, seed=7)
+    index = EmbeddingIndex(16, "cosine", factory="auto-search", k_factor=1)
+    index.add(x, [f"v{i}" for i in range(len(x))])
+    index.remove([f"v{i}" for i in range(1, 1100)])  # one vector left
+    scores, found = index.search(x[:2], k=3)
+    assert found[:, 0].tolist() == ["v0", "v0"]
+    assert (found[:, 1:] == None).all() and np.isneginf(scores[:, 1:]).all()  # noqa: E711
+
+
+def test_load_refuses_a_manifest_whose_shortlist_file_is_missing(tmp_path, monkeypatch):
+    import mmmatch.index as index_module
+
+    monkeypatch.setattr(index_module, "SEARCH_FLAT_FLOATS", 1000)
+    x = _clustered(1100, 16, seed=8)
+    index = EmbeddingIndex(16, "cosine", factory="auto-search")
+    index.add(x, [f"v{i}" for i in range(len(x))])
+    index.save(tmp_path / "idx")
+    (tmp_path / "idx" / "shortlist.faiss").unlink()
+    with pytest.raises(ConfigMismatchError, match=r"shortlist\.faiss is missing"):
+        EmbeddingIndex.load(tmp_path / "idx")
