@@ -7,8 +7,12 @@ compared, then gives sparse L2-normalised vectors, top-k search and pair similar
 
 from __future__ import annotations
 
+import itertools
+import os
 import re
+import threading
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
@@ -24,6 +28,18 @@ _SEPARATORS = re.compile(
 )
 _PUNCTUATION = re.compile(r"[^a-z0-9 ]+")
 _SPACES = re.compile(r"\s+")
+_CORES = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+_POOL: ThreadPoolExecutor | None = None
+_POOL_LOCK = threading.Lock()
+
+
+def _pool() -> ThreadPoolExecutor:
+    """The threads the top-k searches of all models share (created on first use)."""
+    global _POOL
+    with _POOL_LOCK:
+        if _POOL is None:
+            _POOL = ThreadPoolExecutor(_CORES, thread_name_prefix="mmmatch-lexical")
+        return _POOL
 
 
 def normalize_text(text: str) -> str:
@@ -112,7 +128,7 @@ class LexicalModel:
     @staticmethod
     def search(
         queries: sp.csr_matrix, items: sp.csr_matrix, k: int, chunk_size: int | None = None,
-        items_t: sp.csr_matrix | None = None,
+        items_t: sp.csr_matrix | None = None, n_threads: int | None = None,
     ) -> tuple[np.ndarray, np.ndarray]:
         """Top-``k`` items by cosine for each query row.
 
@@ -124,6 +140,9 @@ class LexicalModel:
                 as many as keep that block near 64M floats (256 MB).
             items_t: ``items.T`` as CSR, when the caller keeps it for repeated searches of
                 the same items (a few queries then cost a few ms, not a transposition).
+            n_threads: threads sharing each chunk's queries (SciPy's sparse product and
+                NumPy's partition release the GIL); default one per CPU core when the
+                chunk is large enough (over 2**20 query-item scores) to pay for them.
 
         Returns:
             ``(scores, positions)``: (m, k) float32 best first and (m, k) int64 item
@@ -137,17 +156,30 @@ class LexicalModel:
             return scores, positions
         chunk_size = chunk_size or max(1, 64_000_000 // max(1, n))
         items = items.tocsr()
-        for start in range(0, m, chunk_size):
-            q = queries[start : start + chunk_size]
+
+        def top(start: int, stop: int) -> None:
+            q = queries[start:stop]
             if items_t is not None:
                 block = (q @ items_t).toarray()
             else:  # items @ q.T converts only the (small) query block, never the items
                 block = (items @ q.T.tocsr()).T.toarray()
-            top = np.argpartition(-block, kk - 1, axis=1)[:, :kk]
-            top_scores = np.take_along_axis(block, top, axis=1)
-            order = np.argsort(-top_scores, axis=1, kind="stable")
-            positions[start : start + len(block), :kk] = np.take_along_axis(top, order, axis=1)
-            scores[start : start + len(block), :kk] = np.take_along_axis(top_scores, order, axis=1)
+            best = np.argpartition(-block, kk - 1, axis=1)[:, :kk]
+            best_scores = np.take_along_axis(block, best, axis=1)
+            order = np.argsort(-best_scores, axis=1, kind="stable")
+            positions[start:stop, :kk] = np.take_along_axis(best, order, axis=1)
+            scores[start:stop, :kk] = np.take_along_axis(best_scores, order, axis=1)
+
+        for start in range(0, m, chunk_size):
+            stop = min(m, start + chunk_size)
+            threads = n_threads or (_CORES if (stop - start) * n > 2**20 else 1)
+            threads = max(1, min(threads, stop - start))
+            if threads == 1:
+                top(start, stop)
+                continue
+            bounds = np.linspace(start, stop, threads + 1).astype(int)
+            futures = [_pool().submit(top, a, b) for a, b in itertools.pairwise(bounds)]
+            for future in futures:
+                future.result()
         return scores, positions
 
     @staticmethod

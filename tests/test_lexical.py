@@ -142,3 +142,17 @@ def test_search_with_a_kept_transpose_matches_the_plain_search():
     kept = LexicalModel.search(queries, items, 4, items_t=items.T.tocsr())
     np.testing.assert_allclose(kept[0], plain[0], rtol=1e-6)
     np.testing.assert_array_equal(kept[1], plain[1])
+
+
+def test_search_split_across_threads_matches_one_thread():
+    rng = np.random.default_rng(0)
+    words = ["oat", "milk", "soy", "rice", "green", "tea", "apple", "juice", "1l", "500ml"]
+    items = [" ".join(rng.choice(words, size=4)) for _ in range(300)]
+    queries = [" ".join(rng.choice(words, size=3)) for _ in range(17)]
+    model = LexicalModel().fit(items)
+    q, x = model.transform(queries), model.transform(items)
+    one = LexicalModel.search(q, x, 5, n_threads=1)
+    for threads in (2, 3, 40):  # more threads than queries: one query each
+        many = LexicalModel.search(q, x, 5, n_threads=threads, chunk_size=7)
+        np.testing.assert_array_equal(many[1], one[1])
+        np.testing.assert_array_equal(many[0], one[0])
