@@ -1057,20 +1057,26 @@ class SearchIndex:
                 {name: evidence[f"{name}_sim"].to_numpy()[rows] for name in SIGNALS},
                 self.matcher.title_search_score_weights,
             )
-        out = pd.DataFrame({"query": qi, "_pos": ii}).join(evidence)
-        out = out.sort_values(["query", "score"], ascending=[True, False], kind="stable")
-        out["rank"] = (out.groupby("query").cumcount() + 1).astype(np.int32)
-        out = out[out["rank"] <= k]
-        meta = self._public(self.items.iloc[out["_pos"].to_numpy()])
+        # per query, best score first (NaN last; ties keep the candidates' order), top k
+        order = np.lexsort((-evidence["score"].to_numpy(), qi))
+        q_sorted = qi[order]
+        first = np.r_[True, q_sorted[1:] != q_sorted[:-1]]
+        starts = np.flatnonzero(first)
+        rank = np.arange(len(order)) - np.repeat(starts, np.diff(np.r_[starts, len(order)])) + 1
+        top = rank <= k
+        order, rank = order[top], rank[top].astype(np.int32)
+        meta = self._public(self.items.iloc[ii[order]])
         cols = ["query", "rank", "id", "title", "score", *EVIDENCE_COLUMNS]
+        result = pd.DataFrame({"query": qi[order], "rank": rank, "id": meta["id"],
+                               "title": meta["title"],
+                               **{c: evidence[c].to_numpy()[order]
+                                  for c in ("score", *EVIDENCE_COLUMNS)}})
         # an item column named like a result column (a "score" rating, say) keeps its values
         # as "<name>_item" instead of shadowing the result's
-        meta = meta.rename(columns={c: f"{c}_item" for c in meta.columns
-                                    if c in cols and c not in ("id", "title")})
-        result = out.drop(columns="_pos").reset_index(drop=True)
-        result = pd.concat([result, meta], axis=1)
-        rest = [c for c in result.columns if c not in cols]
-        return result[cols + rest]
+        for c in meta.columns:
+            if c not in ("id", "title"):
+                result[f"{c}_item" if c in cols else c] = meta[c]
+        return result
 
     def search(
         self,
