@@ -277,6 +277,7 @@ class SearchIndex:
     def _reindex(self) -> None:
         self._ids = self.items["_id"].astype(str).to_numpy(dtype=object)  # position -> id
         self._positions = pd.Index(self._ids)  # id -> item position
+        self._public_items: pd.DataFrame | None = None  # items as results show them
 
     @staticmethod
     def _metadata(image_enc: Any, text_enc: Any) -> dict[str, Any]:
@@ -1065,7 +1066,9 @@ class SearchIndex:
         rank = np.arange(len(order)) - np.repeat(starts, np.diff(np.r_[starts, len(order)])) + 1
         top = rank <= k
         order, rank = order[top], rank[top].astype(np.int32)
-        meta = self._public(self.items.iloc[ii[order]])
+        if self._public_items is None:
+            self._public_items = self._public(self.items)
+        meta = self._public_items.iloc[ii[order]].reset_index(drop=True)
         cols = ["query", "rank", "id", "title", "score", *EVIDENCE_COLUMNS]
         result = pd.DataFrame({"query": qi[order], "rank": rank, "id": meta["id"],
                                "title": meta["title"],
