@@ -297,14 +297,21 @@ class EmbeddingIndex:
         n = len(q)
         _, cand = self._shortlist.search(q, min(len(self), self.k_factor * k))
         valid = cand >= 0
-        rows = np.repeat(np.arange(n), valid.sum(axis=1))
-        vecs = self._index.reconstruct_batch(cand[valid])
-        if self.metric is Metric.L2:  # lower is closer: rank by the negated distance
-            exact = -np.einsum("ij,ij->i", q[rows] - vecs, q[rows] - vecs)
-        else:
-            exact = np.einsum("ij,ij->i", q[rows], vecs)
         closeness = np.full(cand.shape, -np.inf, dtype=np.float32)
-        closeness[valid] = exact
+        if valid.all():  # (n, kk, d) candidates times their (n, d) query: one batched product
+            vecs = self._index.reconstruct_batch(cand.ravel()).reshape(*cand.shape, self.dim)
+            if self.metric is Metric.L2:  # lower is closer: rank by the negated distance
+                diff = vecs - q[:, None, :]
+                closeness = -np.einsum("nkd,nkd->nk", diff, diff)
+            else:
+                closeness = np.matmul(vecs, q[:, :, None])[:, :, 0]
+        elif valid.any():  # padded rows (fewer stored vectors than asked): pair by pair
+            rows = np.repeat(np.arange(n), valid.sum(axis=1))
+            vecs = self._index.reconstruct_batch(cand[valid])
+            if self.metric is Metric.L2:
+                closeness[valid] = -np.einsum("ij,ij->i", q[rows] - vecs, q[rows] - vecs)
+            else:
+                closeness[valid] = np.einsum("ij,ij->i", q[rows], vecs)
         top = np.argsort(-closeness, axis=1, kind="stable")[:, :k]
         best = np.take_along_axis(closeness, top, axis=1)
         labels = np.where(np.isfinite(best), np.take_along_axis(cand, top, axis=1), -1)

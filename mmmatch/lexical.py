@@ -7,17 +7,14 @@ compared, then gives sparse L2-normalised vectors, top-k search and pair similar
 
 from __future__ import annotations
 
-import itertools
-import os
 import re
-import threading
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
 import scipy.sparse as sp
 
+from mmmatch._threads import CORES, split_rows
 from mmmatch._validation import check_is_fitted
 
 __all__ = ["LexicalModel", "fit_lexical_signals", "lexical_signals", "normalize_text"]
@@ -28,18 +25,6 @@ _SEPARATORS = re.compile(
 )
 _PUNCTUATION = re.compile(r"[^a-z0-9 ]+")
 _SPACES = re.compile(r"\s+")
-_CORES = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-_POOL: ThreadPoolExecutor | None = None
-_POOL_LOCK = threading.Lock()
-
-
-def _pool() -> ThreadPoolExecutor:
-    """The threads the top-k searches of all models share (created on first use)."""
-    global _POOL
-    with _POOL_LOCK:
-        if _POOL is None:
-            _POOL = ThreadPoolExecutor(_CORES, thread_name_prefix="mmmatch-lexical")
-        return _POOL
 
 
 def normalize_text(text: str) -> str:
@@ -171,15 +156,8 @@ class LexicalModel:
 
         for start in range(0, m, chunk_size):
             stop = min(m, start + chunk_size)
-            threads = n_threads or (_CORES if (stop - start) * n > 2**20 else 1)
-            threads = max(1, min(threads, stop - start))
-            if threads == 1:
-                top(start, stop)
-                continue
-            bounds = np.linspace(start, stop, threads + 1).astype(int)
-            futures = [_pool().submit(top, a, b) for a, b in itertools.pairwise(bounds)]
-            for future in futures:
-                future.result()
+            split_rows(top, start, stop,
+                       n_threads or (CORES if (stop - start) * n > 2**20 else 1))
         return scores, positions
 
     @staticmethod
