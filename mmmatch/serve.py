@@ -297,6 +297,7 @@ class _Batcher:
         self.max_wait_s = max(0.0, float(max_wait_s))
         self.image_limits = image_limits
         self.batch_sizes: Counter[int] = Counter()  # batch size -> how many batches
+        self.busy_s = 0.0  # seconds the worker spent searching
         self._executor = ThreadPoolExecutor(1, thread_name_prefix=f"mmmatch-search-{name}")
         self._queue: asyncio.Queue[tuple[_Query, asyncio.Future]] | None = None
         self._task: asyncio.Task | None = None
@@ -357,6 +358,13 @@ class _Batcher:
 
     def _search(self, queries: list[_Query]) -> list[list[dict] | ServiceError]:
         """One :meth:`SearchIndex.search_batch` per distinct ``k`` (in the worker thread)."""
+        start = time.perf_counter()
+        try:
+            return self._search_by_k(queries)
+        finally:
+            self.busy_s += time.perf_counter() - start
+
+    def _search_by_k(self, queries: list[_Query]) -> list[list[dict] | ServiceError]:
         out: list[list[dict] | ServiceError] = [[] for _ in queries]
         by_k: dict[int, list[int]] = {}
         for i, query in enumerate(queries):
@@ -372,7 +380,7 @@ class _Batcher:
                     logger.exception("search batch of %s failed; searching one by one",
                                      self.name)
                     for i in members:
-                        out[i] = self._search([queries[i]])[0]
+                        out[i] = self._search_by_k([queries[i]])[0]
                 elif isinstance(e, MmmatchError):
                     out[members[0]] = ServiceError(422, "invalid_query", str(e))
                 else:
@@ -386,6 +394,10 @@ class _Batcher:
                 out[i] = _query_error(problems[j], queries[i]) if j in problems \
                     else hits.get(j, [])
         return out
+
+    def submit(self, fn: Callable[..., Any], *args: Any) -> Any:
+        """Run ``fn(*args)`` on the search worker thread, between batches; its future."""
+        return self._executor.submit(fn, *args)
 
     def close(self) -> None:
         if self._task is not None:
@@ -604,8 +616,10 @@ def create_app(
             when available).
 
     Returns:
-        The app; ``app.state.indexes`` is ``{name: SearchIndex}`` and
-        ``app.state.batch_sizes`` ``{name: Counter(batch size -> batches)}``.
+        The app; ``app.state.indexes`` is ``{name: SearchIndex}``,
+        ``app.state.batch_sizes`` ``{name: Counter(batch size -> batches)}`` and
+        ``app.state.batchers`` ``{name: batcher}`` (its ``submit(fn, *args)`` runs a call
+        on the thread the searches run on, between batches).
 
     Raises:
         FileNotFoundError, ConfigMismatchError: a folder cannot be opened.
@@ -655,6 +669,7 @@ def create_app(
     )
     app.state.indexes = {name: s.index for name, s in served.items()}
     app.state.batch_sizes = {name: s.batcher.batch_sizes for name, s in served.items()}
+    app.state.batchers = {name: s.batcher for name, s in served.items()}
     app.add_middleware(_Guard, api_key=api_key, max_request_bytes=limits.max_request_bytes)
     _add_error_handlers(app)
     key_doc = [Security(APIKeyHeader(name=API_KEY_HEADER, auto_error=False))] if api_key else []

@@ -627,3 +627,14 @@ def test_a_failing_search_does_not_fail_its_batch(fake_encoders, products):
     assert top(first) == ["p0"] and top(second) == ["p1"]
     error(boom, 500, "internal")
     assert app.state.batch_sizes["mem"] == {3: 1, 1: 3}  # one batch, then one by one
+
+
+def test_batcher_runs_calls_on_the_search_thread_and_counts_busy_time(client):
+    import threading
+
+    batcher = client.app.state.batchers["shop"]
+    before = batcher.busy_s
+    assert client.post("/indexes/shop/search", data={"title": TITLES[0]}).status_code == 200
+    assert batcher.busy_s > before
+    searched_on = batcher.submit(lambda: threading.current_thread().name).result(timeout=10)
+    assert searched_on.startswith("mmmatch-search-shop")
