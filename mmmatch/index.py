@@ -270,30 +270,51 @@ class EmbeddingIndex:
             distance, lower), and (n, k) object array of ids. Padding has id ``None`` and
             score ``-inf`` (``+inf`` for l2).
         """
+        scores, ids, _ = self._search(queries, k, False)
+        return scores, ids
+
+    def search_with_vectors(self, queries: Any, k: int = 10
+                            ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """:meth:`search`, plus the stored vectors of the hits: (n, k, dim) float32, zero
+        for padding (as :meth:`reconstruct` gives them; with a shortlist they were read for
+        the re-scoring already, and are not read again)."""
+        return self._search(queries, k, True)
+
+    def _search(self, queries: Any, k: int, want_vectors: bool
+                ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         if k < 1:
             raise ValueError(f"k must be >= 1, got {k}")
         q = self._prepare(queries, "queries")
         n = len(q)
+        vectors = np.zeros((n, k, self.dim) if want_vectors else (0, 0, 0), np.float32)
         if self._index is None or len(self) == 0 or n == 0:
             return (
                 np.full((n, k), self.metric.worst, np.float32),
                 np.full((n, k), None, dtype=object),
+                vectors,
             )
         if self._shortlist is not None:
-            scores, labels = self._rescored(q, k)
+            scores, labels, found = self._rescored(q, k, want_vectors)
+            if want_vectors:
+                vectors[:, : found.shape[1]] = found
         else:
             scores, labels = self._index.search(q, k)
+            if want_vectors and (labels >= 0).any():
+                vectors[labels >= 0] = self._index.reconstruct_batch(labels[labels >= 0])
         if self._table is None:
             self._table = np.full(self._next + 1, None, dtype=object)  # last slot: padding
             self._table[list(self._str_of)] = list(self._str_of.values())
         valid = labels >= 0
         ids = self._table[np.where(valid, labels, self._next)]
         scores = np.where(valid, scores, self.metric.worst).astype(np.float32)
-        return np.ascontiguousarray(scores), ids
+        return np.ascontiguousarray(scores), ids, vectors
 
-    def _rescored(self, q: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    def _rescored(self, q: np.ndarray, k: int, want_vectors: bool = False
+                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """The shortlist's ``k_factor * k`` candidates re-scored exactly from the stored
-        vectors: FAISS-style ``(scores, labels)``, (n, k), label -1 for padding."""
+        vectors: FAISS-style ``(scores, labels)``, (n, k), label -1 for padding, and (with
+        ``want_vectors``) the (n, min(k, candidates), dim) vectors of the labels, zero for
+        padding."""
         n = len(q)
         _, cand = self._shortlist.search(q, min(len(self), self.k_factor * k))
         valid = cand >= 0
@@ -305,22 +326,27 @@ class EmbeddingIndex:
                 closeness = -np.einsum("nkd,nkd->nk", diff, diff)
             else:
                 closeness = np.matmul(vecs, q[:, :, None])[:, :, 0]
-        elif valid.any():  # padded rows (fewer stored vectors than asked): pair by pair
+        else:  # padded rows (fewer stored vectors than asked): pair by pair
             rows = np.repeat(np.arange(n), valid.sum(axis=1))
-            vecs = self._index.reconstruct_batch(cand[valid])
+            vecs = np.zeros((*cand.shape, self.dim), np.float32)
+            if valid.any():
+                vecs[valid] = self._index.reconstruct_batch(cand[valid])
             if self.metric is Metric.L2:
-                closeness[valid] = -np.einsum("ij,ij->i", q[rows] - vecs, q[rows] - vecs)
+                diff = q[rows] - vecs[valid]
+                closeness[valid] = -np.einsum("ij,ij->i", diff, diff)
             else:
-                closeness[valid] = np.einsum("ij,ij->i", q[rows], vecs)
+                closeness[valid] = np.einsum("ij,ij->i", q[rows], vecs[valid])
         top = np.argsort(-closeness, axis=1, kind="stable")[:, :k]
         best = np.take_along_axis(closeness, top, axis=1)
         labels = np.where(np.isfinite(best), np.take_along_axis(cand, top, axis=1), -1)
+        found = (np.take_along_axis(vecs, top[:, :, None], axis=1) * (labels >= 0)[:, :, None]
+                 if want_vectors else vecs[:0])
         if labels.shape[1] < k:  # fewer stored vectors than k
             pad = k - labels.shape[1]
             labels = np.pad(labels, ((0, 0), (0, pad)), constant_values=-1)
             best = np.pad(best, ((0, 0), (0, pad)), constant_values=-np.inf)
         scores = -best if self.metric is Metric.L2 else best
-        return scores.astype(np.float32), labels
+        return scores.astype(np.float32), labels, found
 
     # -- persistence ------------------------------------------------------------------------
     def manifest(self) -> dict[str, Any]:

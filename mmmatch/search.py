@@ -1020,11 +1020,12 @@ class SearchIndex:
         n = len(queries)
         weights = self.matcher.search_score_weights
         k = min(k, len(self)) or 1
-        _, ids = self.index.search(queries, k)
+        _, ids, hit_vecs = self.index.search_with_vectors(queries, k)
         qi = np.repeat(np.arange(n), ids.shape[1])
         ii = self._positions.get_indexer(ids.ravel())
         keep = (ii >= 0) & ~failed[qi]
         qi, ii = qi[keep], ii[keep]
+        item_vecs = hit_vecs.reshape(-1, self.layout.dim)[keep]  # the vectors of (qi, ii)
         sparse_sims: dict[str, np.ndarray] = {}
         if self.matcher.lexical and self.layout.text_dim > 0 and text_ok.any():
             lexical = self._lexical_models()
@@ -1041,13 +1042,12 @@ class SearchIndex:
             lp = lpos.ravel()
             ok = (lp >= 0) & text_ok[lq] & ~failed[lq]
             pairs = np.unique(np.stack([np.r_[qi, lq[ok]], np.r_[ii, lp[ok]]], 1), axis=0)
+            item_vecs = self._union_vectors(qi, ii, item_vecs, pairs[:, 0], pairs[:, 1])
             qi, ii = pairs[:, 0], pairs[:, 1]
             for name, (_, items_lex) in lexical.items():
                 sparse_sims[name] = LexicalModel.pair_similarity(
                     queries_lex[name], items_lex, qi, ii
                 )
-        item_vecs = (self.index.reconstruct(self._ids[ii]) if len(ii)
-                     else np.empty((0, self.layout.dim), np.float32))
         evidence = compare_pairs(
             queries, item_vecs, qi, np.arange(len(ii)), self.layout, weights, sparse_sims
         )
@@ -1080,6 +1080,22 @@ class SearchIndex:
             if c not in ("id", "title"):
                 result[f"{c}_item" if c in cols else c] = meta[c]
         return result
+
+    def _union_vectors(self, qi: np.ndarray, ii: np.ndarray, vecs: np.ndarray,
+                       uq: np.ndarray, ui: np.ndarray) -> np.ndarray:
+        """Item vectors of the pairs ``(uq, ui)``: taken from ``vecs`` (those of the pairs
+        ``(qi, ii)`` the vector search found) where there, read from the index otherwise."""
+        stride = max(len(self), 1)
+        found_keys = qi.astype(np.int64) * stride + ii
+        keys = uq.astype(np.int64) * stride + ui
+        order = np.argsort(found_keys, kind="stable")
+        at = np.minimum(np.searchsorted(found_keys[order], keys), max(len(order) - 1, 0))
+        have = (found_keys[order][at] == keys) if len(order) else np.zeros(len(keys), bool)
+        out = np.empty((len(keys), self.layout.dim), np.float32)
+        out[have] = vecs[order[at[have]]]
+        if (~have).any():
+            out[~have] = self.index.reconstruct(self._ids[ui[~have]])
+        return out
 
     def search(
         self,

@@ -356,3 +356,27 @@ def test_load_refuses_a_manifest_whose_shortlist_file_is_missing(tmp_path, monke
     (tmp_path / "idx" / "shortlist.faiss").unlink()
     with pytest.raises(ConfigMismatchError, match=r"shortlist\.faiss is missing"):
         EmbeddingIndex.load(tmp_path / "idx")
+
+
+@pytest.mark.parametrize("approximate", [False, True])
+def test_search_with_vectors_gives_the_stored_vectors_of_the_hits(monkeypatch, approximate):
+    import mmmatch.index as index_module
+
+    if approximate:
+        monkeypatch.setattr(index_module, "SEARCH_FLAT_FLOATS", 1000)
+    x = _clustered(1100, 16, seed=9)
+    ids = [f"v{i}" for i in range(len(x))]
+    index = EmbeddingIndex(16, "cosine", factory="auto-search")
+    index.add(x, ids)
+    assert (index._shortlist is not None) == approximate
+    scores, found, vecs = index.search_with_vectors(x[:5], k=4)
+    plain_scores, plain_found = index.search(x[:5], k=4)
+    assert found.tolist() == plain_found.tolist()
+    np.testing.assert_array_equal(scores, plain_scores)
+    assert vecs.shape == (5, 4, 16) and vecs.dtype == np.float32
+    for row in range(5):
+        np.testing.assert_array_equal(vecs[row], index.reconstruct(found[row].tolist()))
+    index.remove(ids[2:])  # two left: padding rows are zero
+    _, found, vecs = index.search_with_vectors(x[:1], k=4)
+    assert (found[0, 2:] == None).all() and not vecs[0, 2:].any()  # noqa: E711
+    np.testing.assert_array_equal(vecs[0, :2], index.reconstruct(found[0, :2].tolist()))

@@ -509,3 +509,17 @@ def test_item_columns_named_like_result_columns_do_not_shadow_them(matcher, demo
     assert res["query"].tolist() == [0, 0, 0, 1, 1, 1] and res["rank"].tolist() == [1, 2, 3] * 2
     assert (res["score_item"] == 7.5).all() and (res["query_item"] == "sku-query").all()
     assert res["score"].between(-1.001, 1.001).all()  # cosines, not the 7.5 ratings
+
+
+def test_union_vectors_reuse_found_ones_and_read_the_rest(built):
+    n = len(built)
+    rng = np.random.default_rng(0)
+    uq = np.repeat(np.arange(3), 4)  # three queries, four items each (items repeat across)
+    ui = np.concatenate([rng.choice(n, size=4, replace=False) for _ in range(3)])
+    truth = built.index.reconstruct(built._ids[ui])
+    found = np.arange(0, 12, 2)  # half the pairs come with their vectors (marked by a +1)
+    got = built._union_vectors(uq[found], ui[found], truth[found] + 1, uq, ui)
+    np.testing.assert_array_equal(got[found], truth[found] + 1)
+    rest = np.setdiff1d(np.arange(12), found)
+    np.testing.assert_array_equal(got[rest], truth[rest])
+    assert built._union_vectors(uq[:0], ui[:0], truth[:0], uq, ui).shape == truth.shape
