@@ -18,10 +18,10 @@ same IVF (``IVF{n},SQfp16``, which also gives :meth:`EmbeddingIndex.reconstruct`
 *shortlist* finds the candidates: ``IVF{n},PQ{dim/4}x4fs``, 4-bit product codes scanned
 with SIMD (FAISS "fast scan"), ``nprobe = max(128, n / 8)``; its best ``k_factor * k`` (8k)
 candidates are then re-scored exactly from the half-precision vectors. On 100,000
-grocery photo + title vectors, 16 queries: 3.3 ms per batch against 9.6 ms for the
-``SQfp16`` IVF alone (``nprobe`` 64) and 166 ms exact; top-10 overlap with exact search
-0.97 against 0.95 (see ``benchmarks/serve_load.py``). Indexes saved without a shortlist
-are searched through their IVF as before.
+grocery photo + title vectors, 16 queries: 5.5 ms per batch (2.4 of them the shortlist)
+against 9.6 ms for the ``SQfp16`` IVF alone (``nprobe`` 64) and 166 ms exact; top-10
+overlap with exact search 0.97 against 0.95 (see ``benchmarks/serve_load.py``). Indexes
+saved without a shortlist are searched through their IVF as before.
 
 Any FAISS factory string (``"HNSW32"``, ``"IVF4096,PQ32"``...) can be given instead.
 """
