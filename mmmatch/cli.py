@@ -105,6 +105,17 @@ def _matcher(args: argparse.Namespace) -> Any:
     )
 
 
+_COLUMN_HELP = ("column roles, e.g. id=sku,title=name,text=brand+description,image=photo,"
+                "source=shop (default: auto-detect id/title/image)")
+
+
+def _add_pair_column_options(p: argparse.ArgumentParser) -> None:
+    """``--columns`` for both catalogues, or ``--left-columns`` / ``--right-columns``."""
+    p.add_argument("--columns", help=_COLUMN_HELP + " (both sides)")
+    p.add_argument("--left-columns", help="column roles of the left catalogue")
+    p.add_argument("--right-columns", help="column roles of the right catalogue")
+
+
 def _add_matcher_options(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("matching")
     g.add_argument("--image-encoder", default="efficientnet-lite0",
@@ -432,8 +443,6 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"mmmatch {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    col_help = ("column roles, e.g. id=sku,title=name,text=brand+description,image=photo,"
-                "source=shop (default: auto-detect id/title/image)")
 
     p = sub.add_parser("demo", help="match two generated catalogues end to end")
     p.add_argument("--out", help="folder for the generated data (default: a temp folder)")
@@ -447,9 +456,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("left", help="left catalogue (.csv, .parquet, .jsonl)")
     p.add_argument("right", help="right catalogue")
     p.add_argument("-o", "--output", required=True, help="output .csv or .parquet")
-    p.add_argument("--columns", help=col_help + " (both sides)")
-    p.add_argument("--left-columns", help="column roles of the left catalogue")
-    p.add_argument("--right-columns", help="column roles of the right catalogue")
+    _add_pair_column_options(p)
     p.add_argument("--how", choices=["inner", "left"], default="inner",
                    help="'left' keeps unmatched left rows")
     p.add_argument("--all-candidates", action="store_true",
@@ -463,7 +470,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("dedupe", help="give every row a cluster_id")
     p.add_argument("catalogue")
     p.add_argument("-o", "--output", required=True, help="output .csv or .parquet")
-    p.add_argument("--columns", help=col_help)
+    p.add_argument("--columns", help=_COLUMN_HELP)
     p.add_argument("--pairs", help="also write the matched pairs here")
     p.add_argument("--cross-source", action="store_true",
                    help="only link rows of different sources (needs source=COLUMN)")
@@ -484,7 +491,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("index", help="build a searchable index folder of a catalogue")
     p.add_argument("catalogue")
     p.add_argument("-o", "--output", required=True, help="index folder (written atomically)")
-    p.add_argument("--columns", help=col_help)
+    p.add_argument("--columns", help=_COLUMN_HELP)
     p.add_argument("--index-factory", default="auto-search",
                    help="FAISS index: auto-search (exact up to 128 MB of vectors, then IVF), "
                    "Flat (always exact) or a FAISS factory string (default: %(default)s)")
@@ -509,9 +516,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--objective", choices=["f1", "precision_at", "recall_at"], default="f1",
                    help="operating point (default: %(default)s)")
     p.add_argument("--target", type=float, help="precision / recall floor of the objective")
-    p.add_argument("--columns", help=col_help + " (both sides)")
-    p.add_argument("--left-columns", help="column roles of the left catalogue")
-    p.add_argument("--right-columns", help="column roles of the right catalogue")
+    _add_pair_column_options(p)
     p.add_argument("--seed", type=int, default=0)
     _add_matcher_options(p)
     p.set_defaults(func=cmd_train_reranker)
@@ -522,9 +527,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "duplicates within a catalogue)")
     p.add_argument("--left-id", required=True, help="id of the left row")
     p.add_argument("--right-id", required=True, help="id of the right row")
-    p.add_argument("--columns", help=col_help + " (both sides)")
-    p.add_argument("--left-columns", help="column roles of the left catalogue")
-    p.add_argument("--right-columns", help="column roles of the right catalogue")
+    _add_pair_column_options(p)
     _add_matcher_options(p)
     p.set_defaults(func=cmd_explain)
 
@@ -544,9 +547,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "%(default)s, the most uncertain first)")
     p.add_argument("--max-clusters", type=int, default=20)
     p.add_argument("--one-to-one", nargs="?", const="greedy", choices=["greedy", "hungarian"])
-    p.add_argument("--columns", help=col_help + " (both sides)")
-    p.add_argument("--left-columns", help="column roles of the left catalogue")
-    p.add_argument("--right-columns", help="column roles of the right catalogue")
+    _add_pair_column_options(p)
     _add_matcher_options(p)
     p.set_defaults(func=cmd_report)
 
@@ -587,7 +588,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="column whose equal values are the same product (default: %(default)s)")
     p.add_argument("--no-labels", action="store_true",
                    help="train without labels: each row against augmented copies of itself")
-    p.add_argument("--columns", help=col_help)
+    p.add_argument("--columns", help=_COLUMN_HELP)
     p.add_argument("--mode", choices=["head", "finetune"], default="head",
                    help="head: frozen encoders, cached embeddings (fast); finetune: also the "
                    "top of the image backbone (default: %(default)s)")
@@ -615,7 +616,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("embed", help="write a catalogue's embeddings to .npz")
     p.add_argument("catalogue")
     p.add_argument("-o", "--output", required=True, help="output .npz")
-    p.add_argument("--columns", help=col_help)
+    p.add_argument("--columns", help=_COLUMN_HELP)
     _add_matcher_options(p)
     p.set_defaults(func=cmd_embed)
     return parser
