@@ -1,5 +1,5 @@
-"""One small thread pool for the numeric work that releases the GIL (SciPy sparse products,
-NumPy partitions, FAISS calls), shared by the stages that split such work by rows."""
+"""A small thread pool for numeric work that releases the GIL (SciPy sparse products, NumPy
+partitions), split by rows: the TF-IDF top-k search uses it to put every core on a batch."""
 
 from __future__ import annotations
 
@@ -32,9 +32,9 @@ def _pool() -> ThreadPoolExecutor:
 def split_rows(fn: Callable[[int, int], T], start: int, stop: int, threads: int) -> list[T]:
     """``fn(a, b)`` over ``threads`` contiguous parts of ``range(start, stop)``, in order.
 
-    One part runs on the calling thread, the others on the shared pool (so a call from a
-    pool thread cannot wait on itself). With ``threads <= 1`` or a single row it is just
-    ``[fn(start, stop)]``.
+    One part runs on the calling thread, the others on the pool. ``fn`` must not call
+    :func:`split_rows` itself (the pool's threads could all end up waiting). With
+    ``threads <= 1`` or a single row it is just ``[fn(start, stop)]``.
     """
     threads = max(1, min(int(threads), stop - start))
     if threads == 1:
