@@ -299,8 +299,9 @@ class EmbeddingIndex:
                 vectors[:, : found.shape[1]] = found
         else:
             scores, labels = self._index.search(q, k)
-            if want_vectors and (labels >= 0).any():
-                vectors[labels >= 0] = self._index.reconstruct_batch(labels[labels >= 0])
+            hit = labels >= 0
+            if want_vectors and hit.any():
+                vectors[hit] = self._index.reconstruct_batch(labels[hit])
         if self._table is None:
             self._table = np.full(self._next + 1, None, dtype=object)  # last slot: padding
             self._table[list(self._str_of)] = list(self._str_of.values())
@@ -315,32 +316,25 @@ class EmbeddingIndex:
         vectors: FAISS-style ``(scores, labels)``, (n, k), label -1 for padding, and (with
         ``want_vectors``) the (n, min(k, candidates), dim) vectors of the labels, zero for
         padding."""
-        n = len(q)
         _, cand = self._shortlist.search(q, min(len(self), self.k_factor * k))
         valid = cand >= 0
-        closeness = np.full(cand.shape, -np.inf, dtype=np.float32)
-        if valid.all():  # (n, kk, d) candidates times their (n, d) query: one batched product
+        if valid.all():
             vecs = self._index.reconstruct_batch(cand.ravel()).reshape(*cand.shape, self.dim)
-            if self.metric is Metric.L2:  # lower is closer: rank by the negated distance
-                diff = vecs - q[:, None, :]
-                closeness = -np.einsum("nkd,nkd->nk", diff, diff)
-            else:
-                closeness = np.matmul(vecs, q[:, :, None])[:, :, 0]
-        else:  # padded rows (fewer stored vectors than asked): pair by pair
-            rows = np.repeat(np.arange(n), valid.sum(axis=1))
+        else:  # padding (fewer stored vectors than asked): zero vectors, never ranked
             vecs = np.zeros((*cand.shape, self.dim), np.float32)
             if valid.any():
                 vecs[valid] = self._index.reconstruct_batch(cand[valid])
-            if self.metric is Metric.L2:
-                diff = q[rows] - vecs[valid]
-                closeness[valid] = -np.einsum("ij,ij->i", diff, diff)
-            else:
-                closeness[valid] = np.einsum("ij,ij->i", q[rows], vecs[valid])
+        # (n, kk, d) candidates against their (n, d) query in one batched product
+        if self.metric is Metric.L2:  # lower is closer: rank by the negated distance
+            diff = vecs - q[:, None, :]
+            closeness = -np.einsum("nkd,nkd->nk", diff, diff)
+        else:
+            closeness = np.matmul(vecs, q[:, :, None])[:, :, 0]
+        closeness[~valid] = -np.inf
         top = np.argsort(-closeness, axis=1, kind="stable")[:, :k]
         best = np.take_along_axis(closeness, top, axis=1)
         labels = np.where(np.isfinite(best), np.take_along_axis(cand, top, axis=1), -1)
-        found = (np.take_along_axis(vecs, top[:, :, None], axis=1) * (labels >= 0)[:, :, None]
-                 if want_vectors else vecs[:0])
+        found = np.take_along_axis(vecs, top[:, :, None], axis=1) if want_vectors else vecs[:0]
         if labels.shape[1] < k:  # fewer stored vectors than k
             pad = k - labels.shape[1]
             labels = np.pad(labels, ((0, 0), (0, pad)), constant_values=-1)
