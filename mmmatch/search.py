@@ -762,8 +762,13 @@ class SearchIndex:
                 raise ItemNotFoundError(
                     f"{len(missing)} id(s) not in the index: {', '.join(map(repr, missing[:5]))}",
                     missing)
-            rows = self.items.iloc[pos]
-        return self._public(rows)
+            return self._public_view().iloc[pos].reset_index(drop=True)
+
+    def _public_view(self) -> pd.DataFrame:
+        """All items as results and :meth:`get_items` show them (kept until items change)."""
+        if self._public_items is None:
+            self._public_items = self._public(self.items)
+        return self._public_items
 
     @staticmethod
     def _public(rows: pd.DataFrame) -> pd.DataFrame:
@@ -895,7 +900,7 @@ class SearchIndex:
         return self._lexical
 
     def _empty_result(self) -> pd.DataFrame:
-        meta = [c for c in self._public(self.items.iloc[:0]).columns if c not in ("id", "title")]
+        meta = [c for c in self._public_view().columns if c not in ("id", "title")]
         out = pd.DataFrame({
             "query": pd.Series(dtype=np.int64), "rank": pd.Series(dtype=np.int32),
             "id": pd.Series(dtype=object), "title": pd.Series(dtype=object),
@@ -1066,9 +1071,7 @@ class SearchIndex:
         rank = np.arange(len(order)) - np.repeat(starts, np.diff(np.r_[starts, len(order)])) + 1
         top = rank <= k
         order, rank = order[top], rank[top].astype(np.int32)
-        if self._public_items is None:
-            self._public_items = self._public(self.items)
-        meta = self._public_items.iloc[ii[order]].reset_index(drop=True)
+        meta = self._public_view().iloc[ii[order]].reset_index(drop=True)
         cols = ["query", "rank", "id", "title", "score", *EVIDENCE_COLUMNS]
         result = pd.DataFrame({"query": qi[order], "rank": rank, "id": meta["id"],
                                "title": meta["title"],
